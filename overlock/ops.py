@@ -1,0 +1,330 @@
+"""Operators of OverLoCK with optional CUDA accelerators.
+
+Two operators dominate OverLoCK's cost:
+
+* the *ContMix aggregation*: every pixel mixes the values of its ``K x K``
+  neighbourhood with its own (dynamic) weights, with NATTEN's ``na2d_av``
+  semantics: the window of a pixel near a border is shifted so that it stays
+  inside the map (it is never zero padded);
+* the *large-kernel depthwise convolutions* (kernels 7 to 17).
+
+Both have a pure PyTorch implementation that runs on any device and gives the
+same numbers as the accelerators. The accelerators are imported lazily, on the
+first CUDA call, and only used when present:
+
+* ``natten`` 0.17.x provides ``natten.functional.na2d_av``; natten >= 0.20
+  removed it and is recognised and skipped with one log line;
+* ``depthwise_conv2d_implicit_gemm`` (from UniRepLKNet / RepLKNet) provides
+  implicit-GEMM depthwise convolutions.
+
+:func:`set_accelerators` (or the environment variables
+``OVERLOCK_DISABLE_NATTEN=1`` / ``OVERLOCK_DISABLE_IGEMM=1``) forces the PyTorch
+path.
+"""
+import logging
+import os
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    'contmix_aggregate', 'contmix_aggregate_reference', 'neighborhood_starts',
+    'neighborhood_bias_index', 'LargeKernelDWConv2d', 'set_accelerators',
+    'accelerator_status'
+]
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, '').strip().lower() in ('1', 'true', 'yes', 'on')
+
+
+# ``None`` = not looked up yet, ``False`` = unavailable, otherwise the callable.
+_natten_av = None
+_igemm_mod = None
+_use_natten = not _env_flag('OVERLOCK_DISABLE_NATTEN')
+_use_igemm = not _env_flag('OVERLOCK_DISABLE_IGEMM')
+
+
+def set_accelerators(natten: Optional[bool] = None,
+                     igemm: Optional[bool] = None) -> None:
+    """Allow or forbid the optional CUDA accelerators.
+
+    Args:
+        natten (bool, optional): Use ``natten.functional.na2d_av`` for the
+            ContMix aggregation of CUDA tensors when natten 0.17.x is
+            installed. ``None`` leaves the setting unchanged.
+        igemm (bool, optional): Use ``depthwise_conv2d_implicit_gemm`` for the
+            large-kernel depthwise convolutions of CUDA tensors when it is
+            installed. ``None`` leaves the setting unchanged.
+    """
+    global _use_natten, _use_igemm
+    if natten is not None:
+        _use_natten = bool(natten)
+    if igemm is not None:
+        _use_igemm = bool(igemm)
+
+
+def _load_natten():
+    global _natten_av
+    if _natten_av is None:
+        try:
+            import natten
+            from natten import functional as natten_functional
+        except ImportError:
+            _natten_av = False
+            logger.info('natten is not installed: ContMix aggregation uses '
+                        'the PyTorch implementation.')
+            return _natten_av
+        fn = getattr(natten_functional, 'na2d_av', None)
+        if fn is None:
+            _natten_av = False
+            logger.info(
+                'natten %s has no na2d_av (removed in natten 0.20); ContMix '
+                'aggregation uses the PyTorch implementation. Install '
+                'natten 0.17.x to use its CUDA kernels.',
+                getattr(natten, '__version__', '?'))
+        else:
+            _natten_av = fn
+            logger.info('ContMix aggregation uses natten %s na2d_av on CUDA.',
+                        getattr(natten, '__version__', '?'))
+    return _natten_av
+
+
+def _load_igemm():
+    global _igemm_mod
+    if _igemm_mod is None:
+        try:
+            import depthwise_conv2d_implicit_gemm as mod
+            fp32 = getattr(mod, '_DepthWiseConv2dImplicitGEMMFP32')
+            fp16 = getattr(mod, '_DepthWiseConv2dImplicitGEMMFP16')
+        except (ImportError, AttributeError):
+            _igemm_mod = False
+            logger.info('depthwise_conv2d_implicit_gemm is not available: '
+                        'large-kernel depthwise convolutions use '
+                        'torch.nn.functional.conv2d.')
+        else:
+            _igemm_mod = (fp32, fp16)
+            logger.info('large-kernel depthwise convolutions use '
+                        'depthwise_conv2d_implicit_gemm on CUDA.')
+    return _igemm_mod
+
+
+def accelerator_status() -> dict:
+    """Which accelerators are installed and allowed (imports them)."""
+    return dict(
+        natten=bool(_load_natten()) and _use_natten,
+        igemm=bool(_load_igemm()) and _use_igemm)
+
+
+# --------------------------------------------------------------------------
+# Neighbourhood geometry (NATTEN semantics, dilation 1)
+# --------------------------------------------------------------------------
+def neighborhood_starts(length: int, kernel_size: int,
+                        device=None) -> torch.Tensor:
+    """First index of each position's window along one axis.
+
+    The window is centred on the position and shifted inwards near the
+    borders: ``clamp(i - K // 2, 0, length - K)``.
+    """
+    if length < kernel_size:
+        raise ValueError(f'ContMix aggregation needs a map at least as large '
+                         f'as its kernel ({kernel_size}), got {length}')
+    idx = torch.arange(length, device=device)
+    return (idx - kernel_size // 2).clamp_(0, length - kernel_size)
+
+
+def _bias_starts(length: int, kernel_size: int, device=None) -> torch.Tensor:
+    # Row of the (2K-1)-sized relative position table that the first window
+    # element of each position uses: K//2 for interior positions, larger near
+    # the start and smaller near the end (NATTEN's ``get_pb_start``).
+    half = kernel_size // 2
+    idx = torch.arange(length, device=device)
+    return half + (half - idx).clamp(min=0) + (length - 1 - half - idx).clamp(
+        max=0)
+
+
+def neighborhood_bias_index(height: int, width: int, kernel_size: int,
+                            device=None) -> torch.Tensor:
+    """Index into a flattened ``(2K-1, 2K-1)`` relative-position table.
+
+    Returns a ``(height * width, K * K)`` long tensor: entry ``[p, k]`` is the
+    table entry that pixel ``p`` (row-major) adds to its ``k``-th neighbour.
+    """
+    size = 2 * kernel_size - 1
+    offs = torch.arange(kernel_size, device=device)
+    rows = _bias_starts(height, kernel_size, device)[:, None] + offs  # H, K
+    cols = _bias_starts(width, kernel_size, device)[:, None] + offs  # W, K
+    idx = rows[:, None, :, None] * size + cols[None, :, None, :]  # H W K K
+    return idx.reshape(height * width, kernel_size * kernel_size)
+
+
+# --------------------------------------------------------------------------
+# ContMix aggregation
+# --------------------------------------------------------------------------
+class _ContMixAggregate(torch.autograd.Function):
+    """``out[b,g,i,j] = sum_k attn[b,g,i,j,k] * value[b,g,n_k(i,j)]``.
+
+    Loops over the ``K * K`` window offsets; each step gathers the values of
+    one offset for all pixels (a tensor of the size of ``value``), so neither
+    direction ever holds a tensor with both the window and the channel axes:
+    memory is ``O(B * H * W * (C + K * K))``. The backward recomputes the
+    gathers instead of saving them.
+    """
+
+    @staticmethod
+    def forward(ctx, attn, value, kernel_size):
+        _, _, height, width, _ = value.shape
+        rows = neighborhood_starts(height, kernel_size, value.device)
+        cols = neighborhood_starts(width, kernel_size, value.device)
+        out = torch.zeros_like(value, memory_format=torch.contiguous_format)
+        for ki in range(kernel_size):
+            v_rows = value.index_select(2, rows + ki)
+            for kj in range(kernel_size):
+                k = ki * kernel_size + kj
+                out.addcmul_(
+                    v_rows.index_select(3, cols + kj), attn[..., k:k + 1])
+        ctx.save_for_backward(attn, value)
+        ctx.kernel_size = kernel_size
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        attn, value = ctx.saved_tensors
+        kernel_size = ctx.kernel_size
+        _, _, height, width, _ = value.shape
+        rows = neighborhood_starts(height, kernel_size, value.device)
+        cols = neighborhood_starts(width, kernel_size, value.device)
+        grad_out = grad_out.contiguous()
+        need_attn, need_value = ctx.needs_input_grad[:2]
+        grad_attn = torch.empty_like(attn) if need_attn else None
+        grad_value = torch.zeros_like(value) if need_value else None
+        for ki in range(kernel_size):
+            v_rows = value.index_select(2, rows + ki) if need_attn else None
+            acc = torch.zeros_like(grad_out) if need_value else None
+            for kj in range(kernel_size):
+                k = ki * kernel_size + kj
+                if need_attn:
+                    v = v_rows.index_select(3, cols + kj)
+                    grad_attn[..., k] = v.mul_(grad_out).sum(-1)
+                if need_value:
+                    # scatter attn_k * grad_out to the columns it came from
+                    acc.index_add_(3, cols + kj, grad_out * attn[..., k:k + 1])
+            if need_value:
+                grad_value.index_add_(2, rows + ki, acc)
+        return grad_attn, grad_value, None
+
+
+def _check_aggregate_args(attn, value, kernel_size):
+    if attn.dim() != 5 or value.dim() != 5:
+        raise ValueError('contmix_aggregate expects attn (B, G, H, W, K*K) and '
+                         f'value (B, G, H, W, C), got {tuple(attn.shape)} and '
+                         f'{tuple(value.shape)}')
+    if attn.shape[:4] != value.shape[:4] or \
+            attn.shape[-1] != kernel_size * kernel_size:
+        raise ValueError(
+            f'attn {tuple(attn.shape)} does not match value '
+            f'{tuple(value.shape)} with kernel_size {kernel_size}')
+    if min(value.shape[2:4]) < kernel_size:
+        raise ValueError(
+            f'ContMix aggregation needs maps of at least {kernel_size} x '
+            f'{kernel_size}, got {tuple(value.shape[2:4])}')
+
+
+def contmix_aggregate(attn: torch.Tensor, value: torch.Tensor,
+                      kernel_size: int) -> torch.Tensor:
+    """Neighbourhood aggregation with NATTEN's ``na2d_av`` semantics.
+
+    Args:
+        attn (Tensor): ``(B, G, H, W, K*K)`` weights of each pixel's window,
+            row-major over the window.
+        value (Tensor): ``(B, G, H, W, C)`` values.
+        kernel_size (int): ``K``, odd, at most ``min(H, W)``.
+
+    Returns:
+        Tensor: ``(B, G, H, W, C)``.
+    """
+    _check_aggregate_args(attn, value, kernel_size)
+    if value.is_cuda and _use_natten:
+        fn = _load_natten()
+        if fn:
+            return fn(attn, value, kernel_size=kernel_size)
+    if attn.dtype != value.dtype:
+        attn = attn.to(value.dtype)
+    return _ContMixAggregate.apply(attn, value, kernel_size)
+
+
+def contmix_aggregate_reference(attn: torch.Tensor, value: torch.Tensor,
+                                kernel_size: int) -> torch.Tensor:
+    """Straightforward autograd version (gathers all ``K*K`` neighbours).
+
+    Memory ``O(B * H * W * C * K * K)``: used by the tests and as the naive
+    baseline of the benchmark, not by the model.
+    """
+    _check_aggregate_args(attn, value, kernel_size)
+    _, _, height, width, _ = value.shape
+    offs = torch.arange(kernel_size, device=value.device)
+    rows = neighborhood_starts(height, kernel_size, value.device)[:, None] + offs
+    cols = neighborhood_starts(width, kernel_size, value.device)[:, None] + offs
+    v = value[:, :, rows[:, None, :, None], cols[None, :, None, :]]
+    v = v.flatten(4, 5)  # B G H W K*K C
+    return (attn.unsqueeze(-1) * v).sum(4)
+
+
+# --------------------------------------------------------------------------
+# Large-kernel depthwise convolution
+# --------------------------------------------------------------------------
+class LargeKernelDWConv2d(nn.Conv2d):
+    """Depthwise ``K x K`` convolution, stride 1, "same" padding.
+
+    A plain :class:`torch.nn.Conv2d` (same parameters, same state_dict keys)
+    whose forward uses ``depthwise_conv2d_implicit_gemm`` for CUDA tensors when
+    that package is installed and allowed.
+    """
+
+    def __init__(self, channels: int, kernel_size: int, bias: bool = False):
+        super().__init__(
+            channels,
+            channels,
+            kernel_size,
+            stride=1,
+            padding=kernel_size // 2,
+            groups=channels,
+            bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda and _use_igemm:
+            impl = _load_igemm()
+            if impl:
+                fn = impl[1] if x.dtype == torch.float16 else impl[0]
+                out = fn.apply(x.contiguous(), self.weight)
+                if self.bias is not None:
+                    out = out + self.bias.view(1, -1, 1, 1).to(out.dtype)
+                return out
+        return F.conv2d(x, self.weight, self.bias, 1, self.padding, 1,
+                        self.groups)
+
+
+def fuse_conv_bn(weight: torch.Tensor, bias: Optional[torch.Tensor],
+                 bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Fold an eval-mode BatchNorm into the preceding convolution."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    b = bias if bias is not None else torch.zeros_like(bn.running_mean)
+    return (weight * scale.view(-1, 1, 1, 1),
+            bn.bias + (b - bn.running_mean) * scale)
+
+
+def dilate_kernel(weight: torch.Tensor, dilation: int) -> torch.Tensor:
+    """The dense kernel equal to ``weight`` applied with ``dilation``."""
+    if dilation == 1:
+        return weight
+    c, g, k, _ = weight.shape
+    size = dilation * (k - 1) + 1
+    out = weight.new_zeros(c, g, size, size)
+    out[:, :, ::dilation, ::dilation] = weight
+    return out
