@@ -667,8 +667,8 @@ class OverLoCK(nn.Module):
         self.high_level_proj = nn.Conv2d(dims[3], ctx_dim, 1)
         self.patch_embedx = CTXDownsample(dims[2], dims[3])
 
-        dpr = torch.linspace(0, drop_path_rate,
-                             sum(depths) + sum(sub_depths)).tolist()
+        dpr = torch.linspace(0, drop_path_rate, sum(depths) + sum(sub_depths),
+                             device='cpu').tolist()
         offsets = [0, depths[0], sum(depths[:2]), sum(depths[:3])]
         for s in range(4):
             self.add_module(

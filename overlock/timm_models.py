@@ -5,7 +5,8 @@ classifier and loads the official release; ``features_only=True`` builds the
 backbone (detection flavour) returning the four stage outputs, with
 ``feature_info``. ``overlock_*_reparam`` are the re-parameterised forms.
 """
-from timm.models import generate_default_cfgs, register_model
+from timm.models import (generate_default_cfgs, get_pretrained_cfg,
+                          register_model)
 
 from .checkpoint import RELEASE_URL, load_checkpoint
 from .model import OverLoCK
@@ -38,8 +39,11 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create(arch: str, deploy: bool, pretrained: bool = False, **kwargs):
-    kwargs.pop('pretrained_cfg', None)
-    kwargs.pop('pretrained_cfg_overlay', None)
+    # timm's create_model() plumbing that a plain nn.Module does not take
+    for key in ('pretrained_cfg', 'pretrained_cfg_overlay', 'cache_dir',
+                'pretrained_strict', 'feature_cfg', 'scriptable',
+                'exportable', 'no_jit', 'global_pool', 'drop_rate'):
+        kwargs.pop(key, None)
     features_only = kwargs.pop('features_only', False)
     in_chans = kwargs.pop('in_chans', 3)
     if features_only:
@@ -48,8 +52,8 @@ def _create(arch: str, deploy: bool, pretrained: bool = False, **kwargs):
     else:
         kwargs.setdefault('num_classes', 1000)
     model = OverLoCK(arch=arch, in_channels=in_chans, deploy=deploy, **kwargs)
-    name = f'overlock_{arch}{"_reparam" if deploy else ""}.in1k'
-    model.pretrained_cfg = default_cfgs[name].default.to_dict()
+    name = f'overlock_{arch}{"_reparam" if deploy else ""}'
+    model.pretrained_cfg = get_pretrained_cfg(name).to_dict()
     model.default_cfg = model.pretrained_cfg
     if pretrained:
         load_checkpoint(model, model.pretrained_cfg['url'])

@@ -1,0 +1,164 @@
+"""ContMix aggregation (NATTEN na2d_av semantics) and accelerator dispatch."""
+import logging
+import sys
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import overlock.ops as ops
+from overlock.ops import (LargeKernelDWConv2d, contmix_aggregate,
+                          contmix_aggregate_reference, neighborhood_bias_index,
+                          neighborhood_starts)
+
+DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
+
+
+def _loop_na2d_av(attn, value, k):
+    """Pixel-by-pixel definition of na2d_av (dilation 1)."""
+    b, g, h, w, c = value.shape
+    out = torch.zeros_like(value)
+    for i in range(h):
+        si = min(max(i - k // 2, 0), h - k)
+        for j in range(w):
+            sj = min(max(j - k // 2, 0), w - k)
+            win = value[:, :, si:si + k, sj:sj + k].reshape(b, g, k * k, c)
+            out[:, :, i, j] = (attn[:, :, i, j, :, None] * win).sum(2)
+    return out
+
+
+def test_window_starts_shift_inside():
+    assert neighborhood_starts(9, 5).tolist() == [0, 0, 0, 1, 2, 3, 4, 4, 4]
+    assert neighborhood_starts(5, 5).tolist() == [0] * 5
+    with pytest.raises(ValueError, match='at least as large'):
+        neighborhood_starts(4, 5)
+
+
+def test_bias_index_matches_natten_pb_start():
+    k, size = 5, 9
+    idx = neighborhood_bias_index(7, 8, k)
+    assert idx.shape == (56, 25)
+
+    def pb_start(i, n):
+        half = k // 2
+        return half + (half - i if i < half else 0) + \
+            (n - i - 1 - half if i + half >= n else 0)
+
+    for i in range(7):
+        for j in range(8):
+            row, col = pb_start(i, 7), pb_start(j, 8)
+            want = [(row + a) * size + col + b for a in range(k)
+                    for b in range(k)]
+            assert idx[i * 8 + j].tolist() == want
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('k,h,w', [(3, 5, 7), (5, 5, 9), (7, 11, 8)])
+def test_aggregate_matches_definition(device, k, h, w):
+    torch.manual_seed(0)
+    attn = torch.randn(2, 3, h, w, k * k, device=device).softmax(-1)
+    value = torch.randn(2, 3, h, w, 4, device=device)
+    want = _loop_na2d_av(attn, value, k)
+    torch.testing.assert_close(
+        contmix_aggregate(attn, value, k), want, rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        contmix_aggregate_reference(attn, value, k), want, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_aggregate_gradients_match_reference(device):
+    torch.manual_seed(1)
+    a0 = torch.randn(1, 2, 9, 10, 25, device=device)
+    v0 = torch.randn(1, 2, 9, 10, 6, device=device)
+    grads = []
+    for fn in (contmix_aggregate, contmix_aggregate_reference):
+        a = a0.clone().requires_grad_(True)
+        v = v0.clone().requires_grad_(True)
+        out = fn(a, v, 5)
+        (out * torch.linspace(-1, 1, out.numel(), device=device).view_as(out)
+         ).sum().backward()
+        grads.append((out.detach(), a.grad, v.grad))
+    for x, y in zip(*grads):
+        torch.testing.assert_close(x, y, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_aggregate_gradcheck_float64(device):
+    torch.manual_seed(2)
+    a = torch.randn(1, 2, 6, 7, 9, dtype=torch.float64, device=device,
+                    requires_grad=True)
+    v = torch.randn(1, 2, 6, 7, 3, dtype=torch.float64, device=device,
+                    requires_grad=True)
+    ops.set_accelerators(natten=False)
+    try:
+        assert torch.autograd.gradcheck(
+            lambda a, v: ops._ContMixAggregate.apply(a, v, 3), (a, v))
+    finally:
+        ops.set_accelerators(natten=True)
+
+
+def test_aggregate_rejects_bad_shapes():
+    with pytest.raises(ValueError, match='expects attn'):
+        contmix_aggregate(torch.zeros(2, 4, 4, 9), torch.zeros(2, 4, 4, 3), 3)
+    with pytest.raises(ValueError, match='does not match'):
+        contmix_aggregate(torch.zeros(1, 1, 4, 4, 8),
+                          torch.zeros(1, 1, 4, 4, 3), 3)
+    with pytest.raises(ValueError, match='at least 5 x 5'):
+        contmix_aggregate(torch.zeros(1, 1, 4, 6, 25),
+                          torch.zeros(1, 1, 4, 6, 3), 5)
+
+
+@pytest.fixture
+def fresh_accelerators(monkeypatch):
+    monkeypatch.setattr(ops, '_natten_av', None)
+    monkeypatch.setattr(ops, '_igemm_mod', None)
+    yield
+    ops.set_accelerators(natten=True, igemm=True)
+
+
+def test_new_natten_without_na2d_av_is_skipped(monkeypatch, caplog,
+                                               fresh_accelerators):
+    fake = types.ModuleType('natten')
+    fake.__version__ = '0.21.0'
+    fake.functional = types.ModuleType('natten.functional')  # no na2d_av
+    monkeypatch.setitem(sys.modules, 'natten', fake)
+    monkeypatch.setitem(sys.modules, 'natten.functional', fake.functional)
+    with caplog.at_level(logging.INFO, logger='overlock.ops'):
+        assert ops._load_natten() is False
+        assert ops._load_natten() is False  # looked up once
+    lines = [r for r in caplog.records if 'natten' in r.getMessage()]
+    assert len(lines) == 1 and '0.21.0' in lines[0].getMessage()
+    assert ops.accelerator_status()['natten'] is False
+
+
+def test_natten_017_is_used_for_cuda_only(monkeypatch, fresh_accelerators):
+    calls = []
+    fake = types.ModuleType('natten')
+    fake.__version__ = '0.17.5'
+    fake.functional = types.ModuleType('natten.functional')
+
+    def na2d_av(attn, value, kernel_size):
+        calls.append(kernel_size)
+        return contmix_aggregate_reference(attn, value, kernel_size)
+
+    fake.functional.na2d_av = na2d_av
+    monkeypatch.setitem(sys.modules, 'natten', fake)
+    monkeypatch.setitem(sys.modules, 'natten.functional', fake.functional)
+    assert ops._load_natten() is na2d_av
+    # CPU tensors never go to natten
+    contmix_aggregate(torch.rand(1, 1, 5, 5, 9), torch.rand(1, 1, 5, 5, 2), 3)
+    assert calls == []
+    assert ops.accelerator_status() == dict(natten=True, igemm=False)
+    ops.set_accelerators(natten=False)
+    assert ops.accelerator_status()['natten'] is False
+
+
+def test_large_kernel_conv_is_a_plain_conv_on_cpu(monkeypatch,
+                                                  fresh_accelerators):
+    conv = LargeKernelDWConv2d(8, 13, bias=True)
+    assert set(conv.state_dict()) == {'weight', 'bias'}
+    x = torch.randn(2, 8, 15, 17)
+    want = F.conv2d(x, conv.weight, conv.bias, padding=6, groups=8)
+    torch.testing.assert_close(conv(x), want)
+    assert ops._igemm_mod is None  # nothing imported for CPU tensors
