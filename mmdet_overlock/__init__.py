@@ -12,3 +12,7 @@ from overlock.mm import OverLoCKBackbone
 MODELS.register_module('OverLoCK', module=OverLoCKBackbone, force=True)
 
 __all__ = ['OverLoCKBackbone']
+
+from overlock.mm import allow_mmengine_checkpoints  # noqa: E402
+
+allow_mmengine_checkpoints()

@@ -54,3 +54,103 @@ class OverLoCKBackbone(OverLoCK, BaseModule):
         else:
             OverLoCK.init_weights(self)
             BaseModule.init_weights(self)
+
+
+# --------------------------------------------------------------------------
+# Runtime helpers shared by tools/train.py and tools/test.py
+# --------------------------------------------------------------------------
+#: ``--eval`` names of the OpenMMLab 1.x tools, per config scope.
+EVAL_METRICS = {
+    'mmdet': ('bbox', 'segm', 'proposal', 'proposal_fast'),
+    'mmseg': ('mIoU', 'mDice', 'mFscore'),
+}
+
+
+def allow_mmengine_checkpoints() -> None:
+    """Let ``torch.load(weights_only=True)`` (the default since torch 2.6)
+    read mmengine's own checkpoints, so that ``--resume`` works: allowlists
+    the few harmless types they carry (mmengine's ``HistoryBuffer``, numpy
+    arrays, scalars and dtypes). Safe loading stays on: anything else is still
+    refused."""
+    import torch
+    from mmengine.logging import HistoryBuffer
+
+    from .checkpoint import safe_globals
+    torch.serialization.add_safe_globals(safe_globals() + [HistoryBuffer])
+
+
+def _replace_sync_bn(obj):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k == 'type' and v in ('SyncBN', 'MMSyncBN', 'TorchSyncBN'):
+                obj[k] = 'BN'
+            else:
+                _replace_sync_bn(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            _replace_sync_bn(v)
+
+
+def prepare_runtime(cfg, launcher: str = 'none') -> None:
+    """Make a config runnable where CUDA is absent: gloo backend, DDP without
+    device ids, BatchNorm instead of SyncBN (in place). With CUDA: nothing.
+
+    With ``launcher='pytorch'`` on CPU it also initialises the process group
+    (gloo), which mmengine would otherwise do with a CUDA-only call.
+    """
+    import os
+
+    import torch
+    import torch.distributed as dist
+    if torch.cuda.is_available():
+        return
+    _replace_sync_bn(cfg._cfg_dict if hasattr(cfg, '_cfg_dict') else cfg)
+    env = cfg.setdefault('env_cfg', {})
+    env.setdefault('dist_cfg', {})['backend'] = 'gloo'
+    if cfg.get('optim_wrapper', {}).get('type') == 'AmpOptimWrapper':
+        cfg.optim_wrapper.type = 'OptimWrapper'
+        cfg.optim_wrapper.pop('loss_scale', None)
+        MMLogger.get_current_instance().warning(
+            'No CUDA: automatic mixed precision is switched off.')
+    if launcher != 'none':
+        wrapper = cfg.get('model_wrapper_cfg') or {}
+        wrapper.setdefault('type', 'MMDistributedDataParallel')
+        wrapper['device_ids'] = None
+        wrapper.setdefault('broadcast_buffers', False)
+        wrapper.setdefault('find_unused_parameters',
+                           cfg.get('find_unused_parameters', False))
+        cfg.model_wrapper_cfg = wrapper
+        if launcher == 'pytorch' and not dist.is_initialized():
+            dist.init_process_group(
+                backend='gloo', rank=int(os.environ['RANK']),
+                world_size=int(os.environ['WORLD_SIZE']))
+
+
+def apply_eval_metrics(cfg, metrics) -> None:
+    """Map the 1.x ``--eval`` habit onto the config's test evaluator.
+
+    Detection: ``bbox``, ``segm``, ``proposal`` (COCO metric). Segmentation:
+    ``mIoU``, ``mDice``, ``mFscore`` (IoU metric).
+
+    Raises:
+        ValueError: a metric that the config's task does not have.
+    """
+    scope = cfg.get('default_scope', 'mmdet')
+    valid = EVAL_METRICS.get(scope)
+    if valid is None:
+        raise ValueError(f'--eval is supported for mmdet and mmseg configs, '
+                         f'this config has default_scope={scope!r}')
+    bad = [m for m in metrics if m not in valid]
+    if bad:
+        raise ValueError(f'Unknown --eval metric(s) {bad} for a {scope} '
+                         f'config; valid: {" ".join(valid)}.')
+    evaluators = cfg.test_evaluator
+    if isinstance(evaluators, dict):
+        evaluators = [evaluators]
+    key = 'metric' if scope == 'mmdet' else 'iou_metrics'
+    want = 'CocoMetric' if scope == 'mmdet' else 'IoUMetric'
+    target = next((e for e in evaluators if e.get('type') == want), None)
+    if target is None:
+        raise ValueError(f'--eval needs a {want} in test_evaluator; this '
+                         f'config has {[e.get("type") for e in evaluators]}')
+    target[key] = list(metrics)

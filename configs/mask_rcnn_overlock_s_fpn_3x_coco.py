@@ -1,0 +1,12 @@
+# Mask R-CNN + FPN with OverLoCK-S, 3x schedule: the T recipe with
+# this arch's channels, drop path rate and ImageNet weights.
+# Paper: 51.0 box AP / 45.0 mask AP.
+_base_ = './mask_rcnn_overlock_t_fpn_3x_coco.py'
+
+pretrained = 'https://github.com/LMMMEng/OverLoCK/releases/download/v1/overlock_s_in1k_224.pth'  # noqa
+model = dict(
+    backbone=dict(
+        arch='s',
+        drop_path_rate=0.3,
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
+    neck=dict(in_channels=[64, 128, 448, 640]))
