@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     'contmix_aggregate', 'contmix_aggregate_reference', 'neighborhood_starts',
     'neighborhood_bias_index', 'LargeKernelDWConv2d', 'set_accelerators',
-    'accelerator_status'
+    'accelerator_status', 'set_reference_mode'
 ]
 
 
@@ -48,6 +48,7 @@ _natten_av = None
 _igemm_mod = None
 _use_natten = not _env_flag('OVERLOCK_DISABLE_NATTEN')
 _use_igemm = not _env_flag('OVERLOCK_DISABLE_IGEMM')
+_reference_mode = False
 
 
 def set_accelerators(natten: Optional[bool] = None,
@@ -67,6 +68,14 @@ def set_accelerators(natten: Optional[bool] = None,
         _use_natten = bool(natten)
     if igemm is not None:
         _use_igemm = bool(igemm)
+
+
+def set_reference_mode(enabled: bool) -> None:
+    """Run the ContMix aggregation the naive way (autograd through a gathered
+    ``(K*K, C)`` tensor per pixel, as the official fallback does). Only for
+    benchmarks and tests: slower and far more memory-hungry."""
+    global _reference_mode
+    _reference_mode = bool(enabled)
 
 
 def _load_natten():
@@ -250,6 +259,8 @@ def contmix_aggregate(attn: torch.Tensor, value: torch.Tensor,
         Tensor: ``(B, G, H, W, C)``.
     """
     _check_aggregate_args(attn, value, kernel_size)
+    if _reference_mode:
+        return contmix_aggregate_reference(attn, value, kernel_size)
     if value.is_cuda and _use_natten:
         fn = _load_natten()
         if fn:

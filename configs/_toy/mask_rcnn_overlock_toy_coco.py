@@ -11,6 +11,7 @@ img_scale = (160, 160)
 model = dict(
     backbone=dict(
         arch=dict(
+            _delete_=True,
             depths=[1, 1, 2, 1],
             sub_depths=[2, 1],
             embed_dims=[32, 48, 64, 96],
@@ -57,6 +58,7 @@ train_dataloader = dict(
     batch_size=2,
     num_workers=0,
     persistent_workers=False,
+    sampler=dict(type='InfiniteSampler', shuffle=True),
     dataset=dict(
         data_root=data_root,
         metainfo=metainfo,
@@ -77,7 +79,7 @@ test_dataloader = val_dataloader
 val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
 test_evaluator = val_evaluator
 
-max_iters = 1500
+max_iters = 700
 train_cfg = dict(
     _delete_=True, type='IterBasedTrainLoop', max_iters=max_iters,
     val_interval=max_iters)

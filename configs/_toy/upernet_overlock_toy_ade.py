@@ -11,6 +11,7 @@ model = dict(
     data_preprocessor=dict(size=crop_size),
     backbone=dict(
         arch=dict(
+            _delete_=True,
             depths=[1, 1, 2, 1],
             sub_depths=[2, 1],
             embed_dims=[32, 48, 64, 96],

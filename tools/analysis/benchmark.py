@@ -1,0 +1,197 @@
+#!/usr/bin/env python
+"""Speed and memory of the OverLoCK backbone: eval-forward latency, training
+step time and peak memory, for any arch / input size / batch / device, and
+two implementations side by side with their ratio.
+
+    python tools/analysis/benchmark.py --arch t --size 800 1216 --mode eval
+    python tools/analysis/benchmark.py --arch t --size 512 512 --mode train \
+        --compare naive ours
+    python tools/analysis/benchmark.py --compare ours deploy --json out.json
+
+Implementations (``--compare A B``):
+
+* ``ours``: the model as shipped;
+* ``naive``: written the way the official code works: channels-first
+  convolutions and the ContMix aggregation through autograd on a gathered
+  ``(K*K, C)`` neighbourhood tensor per pixel;
+* ``deploy``: ``ours`` re-parameterised (dilated branches merged);
+* ``channels_last``: ``ours`` with model and input in channels_last.
+
+Numbers are medians over ``--repeats`` runs after ``--warmup`` runs. On CPU
+each measurement runs in a fresh process and its peak memory is the growth of
+the process's peak resident set over the model's own footprint; on CUDA it is
+``torch.cuda.max_memory_allocated``. Speed is never asserted in tests.
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+
+IMPLS = ('ours', 'naive', 'deploy', 'channels_last')
+
+
+def _rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.
+
+
+def build(impl, arch, flavour, device):
+    import torch
+
+    from overlock import OverLoCK
+    from overlock import ops
+    model = OverLoCK(arch, fuse_overview=flavour == 'detection')
+    if impl == 'naive':
+        ops.set_reference_mode(True)
+    if impl == 'deploy':
+        model.eval().reparameterize()
+    model.to(device)
+    if impl == 'channels_last':
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def measure(impl, arch, flavour, mode, size, batch, device, repeats, warmup,
+            threads):
+    import torch
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = build(impl, arch, flavour, device)
+    x = torch.randn(batch, 3, *size, device=device)
+    if impl == 'channels_last':
+        x = x.contiguous(memory_format=torch.channels_last)
+    cuda = device.startswith('cuda')
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    if mode == 'eval':
+        model.eval()
+
+        def step():
+            with torch.inference_mode():
+                return model(x)
+    else:
+        if impl == 'deploy':
+            raise SystemExit('deploy form is for inference; use --mode eval')
+        model.train()
+        xg = x.requires_grad_(False)
+
+        def step():
+            outs = model(xg)
+            sum(o.float().mean() for o in outs).backward()
+            model.zero_grad(set_to_none=True)
+
+    base_rss = _rss_mb()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        base_cuda = torch.cuda.memory_allocated()
+    times = []
+    for i in range(warmup + repeats):
+        sync()
+        t0 = time.perf_counter()
+        step()
+        sync()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    peak = (torch.cuda.max_memory_allocated() - base_cuda) / 2**20 if cuda \
+        else _rss_mb() - base_rss
+    return dict(impl=impl, arch=arch, flavour=flavour, mode=mode,
+                size=list(size), batch=batch, device=device,
+                median_ms=statistics.median(times) * 1e3,
+                min_ms=min(times) * 1e3, runs=len(times),
+                peak_mem_mb=peak)
+
+
+def run_isolated(args, impl, mode):
+    """One measurement in a fresh interpreter (clean peak-RSS accounting)."""
+    cmd = [sys.executable, osp.abspath(__file__), '--worker', '--impl', impl,
+           '--arch', args.arch, '--flavour', args.flavour, '--mode', mode,
+           '--size', str(args.size[0]), str(args.size[1]), '--batch',
+           str(args.batch), '--device', args.device, '--repeats',
+           str(args.repeats), '--warmup', str(args.warmup), '--threads',
+           str(args.threads)]
+    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--arch', default='t')
+    p.add_argument('--flavour', default='detection',
+                   choices=['detection', 'segmentation'])
+    p.add_argument('--size', type=int, nargs=2, default=(512, 512),
+                   metavar=('H', 'W'))
+    p.add_argument('--batch', type=int, default=1)
+    p.add_argument('--device', default='cpu')
+    p.add_argument('--mode', choices=['eval', 'train', 'both'], default='eval')
+    p.add_argument('--compare', nargs='+', choices=IMPLS, default=['ours'],
+                   help='implementations to run; the first is the baseline '
+                   'of the ratio column')
+    p.add_argument('--repeats', type=int, default=5)
+    p.add_argument('--warmup', type=int, default=1)
+    p.add_argument('--threads', type=int, default=0,
+                   help='torch threads (0: torch default)')
+    p.add_argument('--json', help='also write the results here')
+    p.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
+    p.add_argument('--impl', default='ours', help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.worker:
+        res = measure(args.impl, args.arch, args.flavour, args.mode,
+                      tuple(args.size), args.batch, args.device, args.repeats,
+                      args.warmup, args.threads)
+        print(json.dumps(res))
+        return
+
+    modes = ['eval', 'train'] if args.mode == 'both' else [args.mode]
+    results = []
+    for mode in modes:
+        for impl in args.compare:
+            if mode == 'train' and impl == 'deploy':
+                continue
+            if args.device.startswith('cuda'):
+                res = measure(impl, args.arch, args.flavour, mode,
+                              tuple(args.size), args.batch, args.device,
+                              args.repeats, args.warmup, args.threads)
+            else:
+                res = run_isolated(args, impl, mode)
+            results.append(res)
+
+    print(f'OverLoCK-{args.arch.upper()} {args.flavour}, input '
+          f'{args.batch}x3x{args.size[0]}x{args.size[1]}, {args.device}, '
+          f'median of {args.repeats} after {args.warmup} warm-up')
+    head = f'{"mode":<6}{"impl":<15}{"median ms":>11}{"min ms":>10}' \
+           f'{"peak MB":>10}{"speed-up":>10}{"mem ratio":>11}'
+    print(head)
+    print('-' * len(head))
+    for mode in modes:
+        rows = [r for r in results if r['mode'] == mode]
+        if not rows:
+            continue
+        base = rows[0]
+        for r in rows:
+            speed = base['median_ms'] / r['median_ms']
+            mem = r['peak_mem_mb'] / base['peak_mem_mb'] \
+                if base['peak_mem_mb'] > 0 else float('nan')
+            print(f'{mode:<6}{r["impl"]:<15}{r["median_ms"]:>11.1f}'
+                  f'{r["min_ms"]:>10.1f}{r["peak_mem_mb"]:>10.0f}'
+                  f'{speed:>9.2f}x{mem:>10.2f}x')
+    if args.json:
+        os.makedirs(osp.dirname(osp.abspath(args.json)), exist_ok=True)
+        with open(args.json, 'w') as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == '__main__':
+    main()

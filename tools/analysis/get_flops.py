@@ -1,0 +1,129 @@
+#!/usr/bin/env python
+"""Parameters and FLOPs of OverLoCK backbones, classifiers, and the detectors
+/ segmentors of our configs, with the ContMix aggregation counted.
+
+    python tools/analysis/get_flops.py                       # backbones + classifiers, all archs
+    python tools/analysis/get_flops.py --config configs/mask_rcnn_overlock_t_fpn_1x_coco.py --shape 800 1333
+    python tools/analysis/get_flops.py --config configs/upernet_overlock_t_512x512_160k_ade20k.py --shape 512 512
+
+FLOPs are counted with ``torch.utils.flop_counter`` (convolutions, matrix
+products) and reported as multiply-adds (GMACs, the unit of the paper's
+"FLOPs"). The ContMix aggregation is a custom op that the counter cannot see:
+it is added analytically, ``B*H*W*C*K*K`` multiply-adds per call, and shown
+in its own column. Element-wise ops (norms, activations) are not counted, as
+in fvcore/mmcv.
+"""
+import argparse
+import contextlib
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+
+import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+PAPER_GFLOPS = {'xt': 2.6, 't': 5.5, 's': 9.7, 'b': 16.7}
+
+
+@contextlib.contextmanager
+def count_contmix():
+    """Record the multiply-adds of every ContMix aggregation call."""
+    import overlock.model as model_mod
+    original = model_mod.contmix_aggregate
+    macs = [0]
+
+    def counted(attn, value, kernel_size):
+        b, g, h, w, c = value.shape
+        macs[0] += b * g * h * w * c * kernel_size * kernel_size
+        return original(attn, value, kernel_size)
+
+    model_mod.contmix_aggregate = counted
+    try:
+        yield macs
+    finally:
+        model_mod.contmix_aggregate = original
+
+
+def count(fn):
+    """(counted GMACs, ContMix GMACs) of ``fn()``."""
+    with count_contmix() as agg, FlopCounterMode(display=False) as fc:
+        with torch.no_grad():
+            fn()
+    return fc.get_total_flops() / 2e9, agg[0] / 1e9
+
+
+def params(m):
+    return sum(p.numel() for p in m.parameters()) / 1e6
+
+
+def backbones(archs, size):
+    from overlock import OverLoCK
+    print(f'{"model":<34}{"params (M)":>11}{"GMACs":>9}{"ContMix":>9}'
+          f'{"total":>9}{"paper":>7}')
+    for arch in archs:
+        x = torch.randn(1, 3, *size)
+        for name, kw in (('detection backbone', dict(fuse_overview=True)),
+                         ('segmentation backbone', dict(fuse_overview=False))):
+            m = OverLoCK(arch, **kw).eval()
+            g, a = count(lambda: m(x))
+            print(f'OverLoCK-{arch.upper():<3}{name:<25}{params(m):>11.2f}'
+                  f'{g:>9.2f}{a:>9.3f}{g + a:>9.2f}{"":>7}')
+        x224 = torch.randn(1, 3, 224, 224)
+        for name, deploy in (('classifier 224', False),
+                             ('classifier 224 reparam', True)):
+            m = OverLoCK(arch, num_classes=1000, deploy=deploy).eval()
+            g, a = count(lambda: m(x224))
+            print(f'OverLoCK-{arch.upper():<3}{name:<25}{params(m):>11.2f}'
+                  f'{g:>9.2f}{a:>9.3f}{g + a:>9.2f}'
+                  f'{PAPER_GFLOPS[arch]:>7.1f}')
+
+
+def from_config(path, shape):
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+
+    from overlock.mm import prepare_runtime
+    cfg = Config.fromfile(path)
+    prepare_runtime(cfg)
+    cfg.model.backbone.init_cfg = None
+    scope = cfg.get('default_scope', 'mmdet')
+    init_default_scope(scope)
+    if scope == 'mmdet':
+        from mmdet.registry import MODELS
+        from mmdet.structures import DetDataSample
+    else:
+        from mmseg.registry import MODELS
+    model = MODELS.build(cfg.model).eval()
+    h, w = shape
+    x = torch.randn(1, 3, h, w)
+    bb_g, bb_a = count(lambda: model.backbone(x))
+    if scope == 'mmdet':
+        sample = DetDataSample(metainfo=dict(
+            img_shape=(h, w), pad_shape=(h, w), ori_shape=(h, w),
+            scale_factor=(1., 1.), batch_input_shape=(h, w)))
+        g, a = count(lambda: model.predict(x, [sample]))
+    else:
+        g, a = count(lambda: model._forward(x))
+    print(f'{osp.basename(path)} at {h}x{w}')
+    print(f'  backbone: {params(model.backbone):.2f} M params, '
+          f'{bb_g + bb_a:.1f} GMACs (ContMix {bb_a:.2f})')
+    print(f'  whole model: {params(model):.2f} M params, {g + a:.1f} GMACs '
+          f'(ContMix {a:.2f}; RoI ops and NMS not counted)')
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--config', help='an mmdet/mmseg config of this repo')
+    p.add_argument('--shape', type=int, nargs=2, default=None,
+                   metavar=('H', 'W'))
+    p.add_argument('--archs', nargs='+', default=['xt', 't', 's', 'b'])
+    args = p.parse_args(argv)
+    if args.config:
+        from_config(args.config, tuple(args.shape or (800, 1333)))
+    else:
+        backbones(args.archs, tuple(args.shape or (224, 224)))
+
+
+if __name__ == '__main__':
+    main()
