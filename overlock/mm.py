@@ -66,17 +66,40 @@ EVAL_METRICS = {
 }
 
 
+def _history_buffer_getstate(self) -> dict:
+    # mmengine pickles HistoryBuffer's default statistics functions (min,
+    # max, current, mean) as ``getattr(HistoryBuffer, 'min')``: a call of
+    # builtins.getattr that safe loading rightly refuses. They are re-created
+    # by ``__setstate__`` anyway, so only custom ones are written.
+    from mmengine.logging import HistoryBuffer
+    defaults = {name: getattr(HistoryBuffer, name)
+                for name in ('min', 'max', 'current', 'mean')}
+    state = dict(self.__dict__)
+    methods = {k: v for k, v in self._statistics_methods.items()
+               if defaults.get(k) is not v}
+    if methods:
+        state['statistics_methods'] = methods
+    return state
+
+
 def allow_mmengine_checkpoints() -> None:
-    """Let ``torch.load(weights_only=True)`` (the default since torch 2.6)
-    read mmengine's own checkpoints, so that ``--resume`` works: allowlists
-    the few harmless types they carry (mmengine's ``HistoryBuffer``, numpy
-    arrays, scalars and dtypes). Safe loading stays on: anything else is still
-    refused."""
+    """Make mmengine's own checkpoints load with ``torch.load(weights_only=
+    True)`` (the default since torch 2.6), so that ``--resume`` works.
+
+    * allowlists the harmless types they carry: mmengine's ``HistoryBuffer``
+      and numpy arrays, scalars and dtypes (see
+      :func:`overlock.checkpoint.safe_globals`);
+    * stops mmengine from pickling ``getattr(HistoryBuffer, 'min')`` & co.
+      into new checkpoints (the functions are restored on load anyway).
+
+    Safe loading stays on: anything else is still refused. Idempotent.
+    """
     import torch
     from mmengine.logging import HistoryBuffer
 
     from .checkpoint import safe_globals
     torch.serialization.add_safe_globals(safe_globals() + [HistoryBuffer])
+    HistoryBuffer.__getstate__ = _history_buffer_getstate
 
 
 def _replace_sync_bn(obj):

@@ -6,7 +6,7 @@ data_root = 'data/toy/coco/'
 classes = ('circle', 'square', 'triangle')
 metainfo = dict(classes=classes,
                 palette=[(220, 20, 60), (0, 130, 230), (30, 170, 60)])
-img_scale = (160, 160)
+img_scale = (128, 128)
 
 model = dict(
     backbone=dict(
@@ -34,6 +34,7 @@ model = dict(
         mask_head=dict(in_channels=64, conv_out_channels=64, num_classes=3)),
     train_cfg=dict(
         rpn=dict(sampler=dict(num=128)),
+        rpn_proposal=dict(nms_pre=500, max_per_img=300),
         rcnn=dict(sampler=dict(num=128))),
     test_cfg=dict(
         rpn=dict(nms_pre=300, max_per_img=100),
@@ -79,7 +80,7 @@ test_dataloader = val_dataloader
 val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
 test_evaluator = val_evaluator
 
-max_iters = 700
+max_iters = 1000
 train_cfg = dict(
     _delete_=True, type='IterBasedTrainLoop', max_iters=max_iters,
     val_interval=max_iters)
@@ -88,9 +89,9 @@ param_scheduler = [
     dict(type='CosineAnnealingLR', by_epoch=False, begin=100, end=max_iters,
          eta_min=1e-5),
 ]
-optim_wrapper = dict(optimizer=dict(lr=1e-3, weight_decay=0.05),
+optim_wrapper = dict(optimizer=dict(lr=1e-3, weight_decay=0.05, fused=True),
                      clip_grad=dict(max_norm=10.))
 default_hooks = dict(
     logger=dict(interval=50),
-    checkpoint=dict(by_epoch=False, interval=500, max_keep_ckpts=2))
+    checkpoint=dict(by_epoch=False, interval=1000, max_keep_ckpts=2))
 log_processor = dict(by_epoch=False)

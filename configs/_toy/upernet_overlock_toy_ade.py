@@ -3,7 +3,7 @@
 _base_ = '../upernet_overlock_t_512x512_160k_ade20k.py'
 
 data_root = 'data/toy/ade/'
-crop_size = (160, 160)
+crop_size = (128, 128)
 metainfo = dict(classes=('background', 'circle', 'square', 'triangle'),
                 palette=[[0, 0, 0], [220, 20, 60], [0, 130, 230],
                          [30, 170, 60]])

@@ -59,7 +59,7 @@ def make_image(rng, size):
     draw = ImageDraw.Draw(canvas)
     shapes = []
     occupied = np.zeros((h, w), bool)
-    for _ in range(int(rng.integers(1, 4))):
+    for _ in range(int(rng.integers(2, 5))):
         kind = CLASSES[int(rng.integers(0, 3))]
         r = float(rng.uniform(0.12, 0.28) * min(h, w))
         cx = float(rng.uniform(r, w - r))
@@ -79,7 +79,7 @@ def make_image(rng, size):
     return canvas, [s for s in shapes if s['mask'].sum() > 20]
 
 
-def write(out, n_train=200, n_val=40, size=(160, 160), seed=0):
+def write(out, n_train=300, n_val=50, size=(128, 128), seed=0):
     rng = np.random.default_rng(seed)
     coco = os.path.join(out, 'coco')
     ade = os.path.join(out, 'ade')
@@ -126,9 +126,9 @@ def write(out, n_train=200, n_val=40, size=(160, 160), seed=0):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--out', default='data/toy')
-    p.add_argument('--train', type=int, default=200)
-    p.add_argument('--val', type=int, default=40)
-    p.add_argument('--size', type=int, nargs=2, default=(160, 160))
+    p.add_argument('--train', type=int, default=300)
+    p.add_argument('--val', type=int, default=50)
+    p.add_argument('--size', type=int, nargs=2, default=(128, 128))
     p.add_argument('--seed', type=int, default=0)
     args = p.parse_args(argv)
     write(args.out, args.train, args.val, tuple(args.size), args.seed)
