@@ -27,8 +27,9 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
-from .ops import (LargeKernelDWConv2d, contmix_aggregate, dilate_kernel,
-                  fuse_conv_bn, neighborhood_bias_index)
+from .ops import (DWConv2d, LargeKernelDWConv2d, contmix_aggregate,
+                  depthwise_conv2d, dilate_kernel, fuse_conv_bn,
+                  neighborhood_bias_index)
 
 try:  # timm >= 0.9
     from timm.layers import DropPath
@@ -163,7 +164,8 @@ class ResDWConv(nn.Conv2d):
             dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
 
     def forward(self, x):
-        return x + super().forward(x)
+        return x + depthwise_conv2d(x, self.weight, self.bias,
+                                    self.padding[0])
 
 
 def conv_bn(in_dim: int, out_dim: int, stride: int = 2) -> nn.Sequential:
@@ -207,10 +209,8 @@ class DilatedReparamBlock(nn.Module):
         if not deploy:
             self.origin_bn = nn.BatchNorm2d(channels)
             for k, r in self.branches:
-                self.add_module(
-                    f'dil_conv_k{k}_{r}',
-                    nn.Conv2d(channels, channels, k, 1, (r * (k - 1) + 1) // 2,
-                              dilation=r, groups=channels, bias=False))
+                self.add_module(f'dil_conv_k{k}_{r}',
+                                DWConv2d(channels, k, dilation=r, bias=False))
                 self.add_module(f'dil_bn_k{k}_{r}', nn.BatchNorm2d(channels))
 
     def forward(self, x):
@@ -368,7 +368,7 @@ class DynamicConvBlock(_CheckpointMixin, nn.Module):
         self.dwconv1 = ResDWConv(out_dim, 3)
         self.norm1 = LayerNorm2d(out_dim)
         self.fusion = nn.Sequential(
-            nn.Conv2d(out_dim, out_dim, 3, padding=1, groups=out_dim),
+            DWConv2d(out_dim, 3),
             nn.BatchNorm2d(out_dim),
             nn.GELU(),
             nn.Conv2d(out_dim, dim, 1),

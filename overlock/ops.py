@@ -35,7 +35,8 @@ logger = logging.getLogger(__name__)
 __all__ = [
     'contmix_aggregate', 'contmix_aggregate_reference', 'neighborhood_starts',
     'neighborhood_bias_index', 'LargeKernelDWConv2d', 'set_accelerators',
-    'accelerator_status', 'set_reference_mode'
+    'accelerator_status', 'set_reference_mode', 'depthwise_conv2d',
+    'DWConv2d', 'set_cpu_conv_mode'
 ]
 
 
@@ -288,6 +289,140 @@ def contmix_aggregate_reference(attn: torch.Tensor, value: torch.Tensor,
 
 
 # --------------------------------------------------------------------------
+# Depthwise convolutions on CPU
+# --------------------------------------------------------------------------
+#: ``auto``: time both layouts once per shape and keep the faster forward;
+#: ``cf`` / ``cl``: always channels-first / channels-last; ``aten``: plain
+#: ``F.conv2d`` with PyTorch's own backward (the baseline).
+_cpu_conv_mode = os.environ.get('OVERLOCK_CPU_CONV', 'auto').strip().lower()
+_layout_cache: dict = {}
+
+
+def set_cpu_conv_mode(mode: str) -> None:
+    """How depthwise convolutions run on CPU: ``'auto'`` (default),
+    ``'cf'``, ``'cl'`` or ``'aten'`` (see :func:`depthwise_conv2d`)."""
+    global _cpu_conv_mode
+    if mode not in ('auto', 'cf', 'cl', 'aten'):
+        raise ValueError(f"mode must be 'auto', 'cf', 'cl' or 'aten', got "
+                         f'{mode!r}')
+    _cpu_conv_mode = mode
+
+
+def _time_once(fn, repeats=2):
+    import time
+    fn()
+    best = float('inf')
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _forward_channels_last(x, weight, padding, dilation) -> bool:
+    if _cpu_conv_mode in ('cf', 'cl'):
+        return _cpu_conv_mode == 'cl'
+    key = (tuple(x.shape), tuple(weight.shape), padding, dilation, x.dtype,
+           torch.get_num_threads())
+    choice = _layout_cache.get(key)
+    if choice is None:
+        groups = weight.shape[0]
+        with torch.no_grad():
+            xc = x.detach().contiguous()
+            xl = xc.contiguous(memory_format=torch.channels_last)
+            w = weight.detach()
+            t_cf = _time_once(
+                lambda: F.conv2d(xc, w, None, 1, padding, dilation, groups))
+            t_cl = _time_once(lambda: F.conv2d(
+                xl, w, None, 1, padding, dilation, groups).contiguous())
+        choice = _layout_cache[key] = t_cl < t_cf
+        logger.debug('depthwise conv %s k%s: channels-first %.2f ms, '
+                     'channels-last %.2f ms', key[0], key[1][-1], t_cf * 1e3,
+                     t_cl * 1e3)
+    return choice
+
+
+def _conv_forward(x, weight, bias, padding, dilation, channels_last):
+    groups = weight.shape[0]
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+        return F.conv2d(x, weight, bias, 1, padding, dilation,
+                        groups).contiguous()
+    return F.conv2d(x, weight, bias, 1, padding, dilation, groups)
+
+
+def _weight_grad(x, grad_out, kernel_size, padding, dilation):
+    """Depthwise weight gradient as a grouped convolution of the padded input
+    with the output gradient (channels as groups, batch as input channels):
+    ``dW[c, i, j] = sum_{b,h,w} x_pad[b, c, h + i*d, w + j*d] * gy[b, c, h, w]``.
+    oneDNN's own depthwise weight-gradient kernel is 10-20x slower for large
+    kernels (tools/analysis/bench_dwconv.py)."""
+    b, c, h, w = grad_out.shape
+    xp = F.pad(x, [padding, padding, padding, padding])
+    inp = xp.transpose(0, 1).reshape(1, c * b, xp.shape[2], xp.shape[3])
+    kernel = grad_out.transpose(0, 1)  # C, B, H, W
+    out = F.conv2d(inp, kernel, None, dilation, 0, 1, c)
+    return out.view(c, 1, kernel_size, kernel_size)
+
+
+class _DepthwiseConvCPU(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, padding, dilation):
+        channels_last = _forward_channels_last(x, weight, padding, dilation)
+        ctx.save_for_backward(x, weight)
+        ctx.conf = (padding, dilation, bias is not None)
+        return _conv_forward(x, weight, bias, padding, dilation, channels_last)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        padding, dilation, has_bias = ctx.conf
+        grad_out = grad_out.contiguous()
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_x = grad_w = grad_b = None
+        if need_x:
+            grad_x = torch.ops.aten.convolution_backward(
+                grad_out, x.contiguous(), weight, None, [1, 1],
+                [padding, padding], [dilation, dilation], False, [0, 0],
+                weight.shape[0], [True, False, False])[0]
+        if need_w:
+            grad_w = _weight_grad(x.contiguous(), grad_out, weight.shape[-1],
+                                  padding, dilation)
+        if need_b and has_bias:
+            grad_b = grad_out.sum((0, 2, 3))
+        return grad_x, grad_w, grad_b, None, None
+
+
+def depthwise_conv2d(x: torch.Tensor,
+                     weight: torch.Tensor,
+                     bias: Optional[torch.Tensor] = None,
+                     padding: int = 0,
+                     dilation: int = 1) -> torch.Tensor:
+    """Stride-1 depthwise convolution, fast on CPU.
+
+    Equal to ``F.conv2d(x, weight, bias, 1, padding, dilation, C)`` (to float
+    rounding). On CPU the forward runs in the faster memory layout for the
+    shape (timed once per shape), and the backward computes the weight
+    gradient as a grouped convolution, much faster than oneDNN's depthwise
+    weight-gradient kernel for large kernels. Other devices, and
+    ``set_cpu_conv_mode('aten')``, use ``F.conv2d`` as it is.
+    """
+    if x.is_cuda or _cpu_conv_mode == 'aten' or _reference_mode or \
+            x.dtype not in (torch.float32, torch.float64) or x.dim() != 4:
+        return F.conv2d(x, weight, bias, 1, padding, dilation,
+                        weight.shape[0])
+    if not (x.requires_grad or weight.requires_grad or
+            (bias is not None and bias.requires_grad)) or \
+            not torch.is_grad_enabled():
+        return _conv_forward(
+            x, weight, bias, padding, dilation,
+            _forward_channels_last(x, weight, padding, dilation))
+    return _DepthwiseConvCPU.apply(x, weight, bias, padding, dilation)
+
+
+# --------------------------------------------------------------------------
 # Large-kernel depthwise convolution
 # --------------------------------------------------------------------------
 class LargeKernelDWConv2d(nn.Conv2d):
@@ -295,7 +430,8 @@ class LargeKernelDWConv2d(nn.Conv2d):
 
     A plain :class:`torch.nn.Conv2d` (same parameters, same state_dict keys)
     whose forward uses ``depthwise_conv2d_implicit_gemm`` for CUDA tensors when
-    that package is installed and allowed.
+    that package is installed and allowed, and :func:`depthwise_conv2d` on
+    CPU.
     """
 
     def __init__(self, channels: int, kernel_size: int, bias: bool = False):
@@ -317,8 +453,23 @@ class LargeKernelDWConv2d(nn.Conv2d):
                 if self.bias is not None:
                     out = out + self.bias.view(1, -1, 1, 1).to(out.dtype)
                 return out
-        return F.conv2d(x, self.weight, self.bias, 1, self.padding, 1,
-                        self.groups)
+        return depthwise_conv2d(x, self.weight, self.bias, self.padding[0])
+
+
+class DWConv2d(nn.Conv2d):
+    """Stride-1 depthwise convolution with "same" padding and optional
+    dilation, running through :func:`depthwise_conv2d`. Same parameters as
+    :class:`torch.nn.Conv2d`."""
+
+    def __init__(self, channels: int, kernel_size: int, dilation: int = 1,
+                 bias: bool = True):
+        super().__init__(channels, channels, kernel_size, 1,
+                         dilation * (kernel_size - 1) // 2, dilation, channels,
+                         bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return depthwise_conv2d(x, self.weight, self.bias, self.padding[0],
+                                self.dilation[0])
 
 
 def fuse_conv_bn(weight: torch.Tensor, bias: Optional[torch.Tensor],
