@@ -216,6 +216,12 @@ class DilatedReparamBlock(nn.Module):
     def forward(self, x):
         if self.deploy:
             return self.lk_origin(x)
+        if not self.training and not torch.is_grad_enabled():
+            # inference: one convolution with the merged kernel (what
+            # reparameterize() makes permanent), cached until a weight or
+            # statistic changes
+            weight, bias = self._merged_kernel_cached()
+            return self.lk_origin._conv(x, weight, bias)
         out = self.origin_bn(self.lk_origin(x))
         for k, r in self.branches:
             conv = getattr(self, f'dil_conv_k{k}_{r}')
@@ -223,11 +229,7 @@ class DilatedReparamBlock(nn.Module):
             out = out + bn(conv(x))
         return out
 
-    @torch.no_grad()
-    def reparameterize(self) -> None:
-        """Fold the BNs and dilated branches into ``lk_origin`` (in place)."""
-        if self.deploy:
-            return
+    def _merged_kernel(self):
         weight, bias = fuse_conv_bn(self.lk_origin.weight, None,
                                     self.origin_bn)
         for k, r in self.branches:
@@ -238,6 +240,25 @@ class DilatedReparamBlock(nn.Module):
             pad = (self.kernel_size - w.shape[-1]) // 2
             weight = weight + F.pad(w, [pad] * 4)
             bias = bias + b
+        return weight, bias
+
+    def _merged_kernel_cached(self):
+        tensors = list(self.parameters()) + list(self.buffers())
+        key = tuple((t.data_ptr(), t._version, t.device, t.dtype)
+                    for t in tensors)
+        cache = getattr(self, '_merged_cache', None)
+        if cache is None or cache[0] != key:
+            with torch.inference_mode(False), torch.no_grad():
+                cache = (key, self._merged_kernel())
+            self._merged_cache = cache
+        return cache[1]
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Fold the BNs and dilated branches into ``lk_origin`` (in place)."""
+        if self.deploy:
+            return
+        weight, bias = self._merged_kernel()
         merged = LargeKernelDWConv2d(
             weight.shape[0], self.kernel_size, bias=True).to(weight)
         merged.weight.copy_(weight)
@@ -247,6 +268,7 @@ class DilatedReparamBlock(nn.Module):
         for k, r in self.branches:
             delattr(self, f'dil_conv_k{k}_{r}')
             delattr(self, f'dil_bn_k{k}_{r}')
+        self._merged_cache = None
         self.deploy = True
 
 

@@ -176,57 +176,84 @@ def neighborhood_bias_index(height: int, width: int, kernel_size: int,
 # --------------------------------------------------------------------------
 # ContMix aggregation
 # --------------------------------------------------------------------------
+def _column_segments(width: int, kernel_size: int, kj: int):
+    """``(destination columns, source columns)`` of window column ``kj``.
+
+    Interior pixels read a shifted slice of columns; the ``K // 2`` pixels at
+    either border share one window start and read one column (broadcast), so
+    no gather is needed along the width.
+    """
+    half, n = kernel_size // 2, width - kernel_size + 1
+    edge = width - kernel_size + kj
+    segs = [(slice(half, half + n), slice(kj, kj + n))]
+    if half:
+        segs.append((slice(0, half), slice(kj, kj + 1)))
+        segs.append((slice(half + n, width), slice(edge, edge + 1)))
+    return segs
+
+
 class _ContMixAggregate(torch.autograd.Function):
     """``out[b,g,i,j] = sum_k attn[b,g,i,j,k] * value[b,g,n_k(i,j)]``.
 
-    Loops over the ``K * K`` window offsets; each step gathers the values of
-    one offset for all pixels (a tensor of the size of ``value``), so neither
-    direction ever holds a tensor with both the window and the channel axes:
-    memory is ``O(B * H * W * (C + K * K))``. The backward recomputes the
-    gathers instead of saving them.
+    Loops over the ``K * K`` window offsets. Rows are gathered once per window
+    row; columns are slices (interior) or broadcast single columns (borders).
+    Neither direction ever holds a tensor with both the window and the channel
+    axes: memory is ``O(B * H * W * (C + K * K))``. The backward recomputes
+    the gathers instead of saving them.
     """
 
     @staticmethod
     def forward(ctx, attn, value, kernel_size):
         _, _, height, width, _ = value.shape
         rows = neighborhood_starts(height, kernel_size, value.device)
-        cols = neighborhood_starts(width, kernel_size, value.device)
         out = torch.zeros_like(value, memory_format=torch.contiguous_format)
+        attn_t = attn.permute(4, 0, 1, 2, 3).contiguous()  # K*K, B, G, H, W
+        segs = [_column_segments(width, kernel_size, kj)
+                for kj in range(kernel_size)]
         for ki in range(kernel_size):
             v_rows = value.index_select(2, rows + ki)
             for kj in range(kernel_size):
-                k = ki * kernel_size + kj
-                out.addcmul_(
-                    v_rows.index_select(3, cols + kj), attn[..., k:k + 1])
-        ctx.save_for_backward(attn, value)
+                a = attn_t[ki * kernel_size + kj].unsqueeze(-1)
+                for dst, src in segs[kj]:
+                    out[:, :, :, dst].addcmul_(v_rows[:, :, :, src],
+                                               a[:, :, :, dst])
+        ctx.save_for_backward(attn_t, value)
         ctx.kernel_size = kernel_size
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        attn, value = ctx.saved_tensors
+        attn_t, value = ctx.saved_tensors
         kernel_size = ctx.kernel_size
         _, _, height, width, _ = value.shape
         rows = neighborhood_starts(height, kernel_size, value.device)
-        cols = neighborhood_starts(width, kernel_size, value.device)
         grad_out = grad_out.contiguous()
         need_attn, need_value = ctx.needs_input_grad[:2]
-        grad_attn = torch.empty_like(attn) if need_attn else None
+        grad_attn = torch.empty_like(attn_t) if need_attn else None
         grad_value = torch.zeros_like(value) if need_value else None
+        segs = [_column_segments(width, kernel_size, kj)
+                for kj in range(kernel_size)]
         for ki in range(kernel_size):
             v_rows = value.index_select(2, rows + ki) if need_attn else None
             acc = torch.zeros_like(grad_out) if need_value else None
             for kj in range(kernel_size):
                 k = ki * kernel_size + kj
-                if need_attn:
-                    v = v_rows.index_select(3, cols + kj)
-                    grad_attn[..., k] = v.mul_(grad_out).sum(-1)
-                if need_value:
-                    # scatter attn_k * grad_out to the columns it came from
-                    acc.index_add_(3, cols + kj, grad_out * attn[..., k:k + 1])
+                a = attn_t[k].unsqueeze(-1)
+                for n, (dst, src) in enumerate(segs[kj]):
+                    go = grad_out[:, :, :, dst]
+                    if need_attn:
+                        torch.sum(v_rows[:, :, :, src] * go, dim=-1,
+                                  out=grad_attn[k][:, :, :, dst])
+                    if need_value:
+                        contrib = go * a[:, :, :, dst]
+                        if n:  # a border: all its pixels read one column
+                            contrib = contrib.sum(3, keepdim=True)
+                        acc[:, :, :, src] += contrib
             if need_value:
                 grad_value.index_add_(2, rows + ki, acc)
+        if need_attn:
+            grad_attn = grad_attn.permute(1, 2, 3, 4, 0)
         return grad_attn, grad_value, None
 
 
@@ -319,36 +346,40 @@ def _time_once(fn, repeats=2):
     return best
 
 
+def _is_channels_last(x) -> bool:
+    return x.dim() == 4 and not x.is_contiguous() and \
+        x.is_contiguous(memory_format=torch.channels_last)
+
+
 def _forward_channels_last(x, weight, padding, dilation) -> bool:
     if _cpu_conv_mode in ('cf', 'cl'):
         return _cpu_conv_mode == 'cl'
-    key = (tuple(x.shape), tuple(weight.shape), padding, dilation, x.dtype,
-           torch.get_num_threads())
+    key = (tuple(x.shape), _is_channels_last(x), tuple(weight.shape),
+           padding, dilation, x.dtype, torch.get_num_threads())
     choice = _layout_cache.get(key)
     if choice is None:
-        groups = weight.shape[0]
         with torch.no_grad():
-            xc = x.detach().contiguous()
-            xl = xc.contiguous(memory_format=torch.channels_last)
-            w = weight.detach()
+            xd, w = x.detach(), weight.detach()
             t_cf = _time_once(
-                lambda: F.conv2d(xc, w, None, 1, padding, dilation, groups))
-            t_cl = _time_once(lambda: F.conv2d(
-                xl, w, None, 1, padding, dilation, groups).contiguous())
+                lambda: _conv_forward(xd, w, None, padding, dilation, False))
+            t_cl = _time_once(
+                lambda: _conv_forward(xd, w, None, padding, dilation, True))
         choice = _layout_cache[key] = t_cl < t_cf
         logger.debug('depthwise conv %s k%s: channels-first %.2f ms, '
-                     'channels-last %.2f ms', key[0], key[1][-1], t_cf * 1e3,
+                     'channels-last %.2f ms', key[0], key[2][-1], t_cf * 1e3,
                      t_cl * 1e3)
     return choice
 
 
 def _conv_forward(x, weight, bias, padding, dilation, channels_last):
+    """Convolve in the chosen layout; the output keeps the input's layout."""
     groups = weight.shape[0]
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-        return F.conv2d(x, weight, bias, 1, padding, dilation,
-                        groups).contiguous()
-    return F.conv2d(x, weight, bias, 1, padding, dilation, groups)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    out_fmt = torch.channels_last if _is_channels_last(x) else \
+        torch.contiguous_format
+    y = F.conv2d(x.contiguous(memory_format=fmt), weight, bias, 1, padding,
+                 dilation, groups)
+    return y.contiguous(memory_format=out_fmt)
 
 
 def _weight_grad(x, grad_out, kernel_size, padding, dilation):
@@ -383,10 +414,14 @@ class _DepthwiseConvCPU(torch.autograd.Function):
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         grad_x = grad_w = grad_b = None
         if need_x:
-            grad_x = torch.ops.aten.convolution_backward(
-                grad_out, x.contiguous(), weight, None, [1, 1],
-                [padding, padding], [dilation, dilation], False, [0, 0],
-                weight.shape[0], [True, False, False])[0]
+            # stride 1, symmetric padding: the input gradient is the
+            # correlation of grad_out with the flipped kernel, i.e. another
+            # forward depthwise convolution (in its fastest layout); oneDNN's
+            # backward-data kernel is far slower for dilated kernels
+            w_flip = weight.flip(-1, -2)
+            grad_x = _conv_forward(
+                grad_out, w_flip, None, padding, dilation,
+                _forward_channels_last(grad_out, w_flip, padding, dilation))
         if need_w:
             grad_w = _weight_grad(x.contiguous(), grad_out, weight.shape[-1],
                                   padding, dilation)
@@ -444,16 +479,19 @@ class LargeKernelDWConv2d(nn.Conv2d):
             groups=channels,
             bias=bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _conv(self, x, weight, bias):
         if x.is_cuda and _use_igemm:
             impl = _load_igemm()
             if impl:
                 fn = impl[1] if x.dtype == torch.float16 else impl[0]
-                out = fn.apply(x.contiguous(), self.weight)
-                if self.bias is not None:
-                    out = out + self.bias.view(1, -1, 1, 1).to(out.dtype)
+                out = fn.apply(x.contiguous(), weight)
+                if bias is not None:
+                    out = out + bias.view(1, -1, 1, 1).to(out.dtype)
                 return out
-        return depthwise_conv2d(x, self.weight, self.bias, self.padding[0])
+        return depthwise_conv2d(x, weight, bias, self.padding[0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv(x, self.weight, self.bias)
 
 
 class DWConv2d(nn.Conv2d):

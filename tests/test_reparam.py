@@ -44,3 +44,23 @@ def test_reparam_is_idempotent():
     keys = list(model.state_dict())
     model.reparameterize()
     assert list(model.state_dict()) == keys
+
+
+def test_inference_uses_merged_kernel_and_tracks_changes():
+    """no_grad eval runs one merged convolution per block; it equals the
+    branch sum and follows later changes of weights and statistics."""
+    blk = randomize_(DilatedReparamBlock(4, 7), seed=1).eval()
+    x = torch.randn(1, 4, 12, 12)
+    with torch.enable_grad():
+        branch = blk(x).detach()  # the branch path (grad enabled)
+    with torch.no_grad():
+        torch.testing.assert_close(blk(x), branch, rtol=0, atol=1e-5)
+        blk.origin_bn.running_mean.add_(1.)
+        blk.dil_conv_k5_1.weight.mul_(2.)
+        merged = blk(x)
+    with torch.enable_grad():
+        branch = blk(x).detach()
+    assert not torch.allclose(merged, blk.lk_origin(x))
+    torch.testing.assert_close(merged, branch, rtol=0, atol=1e-5)
+    with torch.inference_mode():
+        torch.testing.assert_close(blk(x), branch, rtol=0, atol=1e-5)
