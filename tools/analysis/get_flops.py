@@ -47,9 +47,15 @@ def count_contmix():
 
 def count(fn):
     """(counted GMACs, ContMix GMACs) of ``fn()``."""
-    with count_contmix() as agg, FlopCounterMode(display=False) as fc:
-        with torch.no_grad():
-            fn()
+    from overlock import ops
+    # plain convolutions: the CPU layout auto-tuning would be counted too
+    ops.set_cpu_conv_mode('aten')
+    try:
+        with count_contmix() as agg, FlopCounterMode(display=False) as fc:
+            with torch.no_grad():
+                fn()
+    finally:
+        ops.set_cpu_conv_mode('auto')
     return fc.get_total_flops() / 2e9, agg[0] / 1e9
 
 
