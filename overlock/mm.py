@@ -177,3 +177,25 @@ def apply_eval_metrics(cfg, metrics) -> None:
         raise ValueError(f'--eval needs a {want} in test_evaluator; this '
                          f'config has {[e.get("type") for e in evaluators]}')
     target[key] = list(metrics)
+
+
+def build_model(cfg, pretrained: bool = False):
+    """Build the detector / segmentor of a config (its scope decides), with
+    the CPU adaptations of :func:`prepare_runtime` and, unless
+    ``pretrained``, without loading the backbone's ImageNet weights."""
+    from mmengine.registry import init_default_scope
+    prepare_runtime(cfg)
+    if not pretrained:
+        cfg.model.backbone.init_cfg = None
+    scope = cfg.get('default_scope', 'mmdet')
+    init_default_scope(scope)
+    if scope == 'mmdet':
+        import mmdet_overlock  # noqa: F401
+        from mmdet.registry import MODELS
+    elif scope == 'mmseg':
+        import mmseg_overlock  # noqa: F401
+        from mmseg.registry import MODELS
+    else:
+        raise ValueError(f'expected an mmdet or mmseg config, got '
+                         f'default_scope={scope!r}')
+    return MODELS.build(cfg.model)

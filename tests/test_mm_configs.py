@@ -74,20 +74,10 @@ def test_config_recipe(path):
 
 
 def _run_once(cfg):
-    from mmengine.registry import init_default_scope
-
-    from overlock.mm import prepare_runtime
-    prepare_runtime(cfg)
-    cfg.model.backbone.init_cfg = None
-    init_default_scope(cfg.default_scope)
+    from overlock.mm import build_model
+    model = build_model(cfg).eval()
     if cfg.default_scope == 'mmdet':
-        import mmdet_overlock  # noqa: F401
-        from mmdet.registry import MODELS
         from mmdet.structures import DetDataSample
-    else:
-        import mmseg_overlock  # noqa: F401
-        from mmseg.registry import MODELS
-    model = MODELS.build(cfg.model).eval()
     h, w = 96, 128
     x = torch.randn(1, 3, h, w)
     with torch.no_grad():
@@ -125,20 +115,9 @@ def test_config_builds_and_runs(path):
 def test_large_configs_build(path):
     """S/B: the same code path; build on the meta device (shapes only)."""
     cfg = Config.fromfile(path)
-    from mmengine.registry import init_default_scope
-
-    from overlock.mm import prepare_runtime
-    prepare_runtime(cfg)
-    cfg.model.backbone.init_cfg = None
-    init_default_scope(cfg.default_scope)
-    if cfg.default_scope == 'mmdet':
-        import mmdet_overlock  # noqa: F401
-        from mmdet.registry import MODELS
-    else:
-        import mmseg_overlock  # noqa: F401
-        from mmseg.registry import MODELS
+    from overlock.mm import build_model
     with torch.device('meta'):
-        model = MODELS.build(cfg.model)
+        model = build_model(cfg)
     assert model.backbone.channels == tuple(_channels(cfg.model.backbone))
 
 

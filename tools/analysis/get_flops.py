@@ -87,20 +87,13 @@ def backbones(archs, size):
 
 def from_config(path, shape):
     from mmengine.config import Config
-    from mmengine.registry import init_default_scope
 
-    from overlock.mm import prepare_runtime
+    from overlock.mm import build_model
     cfg = Config.fromfile(path)
-    prepare_runtime(cfg)
-    cfg.model.backbone.init_cfg = None
     scope = cfg.get('default_scope', 'mmdet')
-    init_default_scope(scope)
+    model = build_model(cfg).eval()
     if scope == 'mmdet':
-        from mmdet.registry import MODELS
         from mmdet.structures import DetDataSample
-    else:
-        from mmseg.registry import MODELS
-    model = MODELS.build(cfg.model).eval()
     h, w = shape
     x = torch.randn(1, 3, h, w)
     bb_g, bb_a = count(lambda: model.backbone(x))
