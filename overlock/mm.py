@@ -38,9 +38,8 @@ class OverLoCKBackbone(OverLoCK, BaseModule):
             prefix = cfg.get('prefix')
             ckpt = cfg['checkpoint']
             if prefix:
-                from .checkpoint import safe_load
-                raw = safe_load(ckpt)
-                raw = raw.get('state_dict', raw.get('model', raw))
+                from .checkpoint import _unwrap, safe_load
+                raw = _unwrap(safe_load(ckpt))
                 ckpt = {
                     k[len(prefix) + 1:]: v
                     for k, v in raw.items() if k.startswith(prefix + '.')

@@ -280,11 +280,10 @@ class DilatedReparamBlock(nn.Module):
 class _CheckpointMixin:
     with_cp = False
 
-    def _maybe_checkpoint(self, fn, *args):
-        if self.with_cp and self.training and any(
-                isinstance(a, torch.Tensor) and a.requires_grad for a in args):
-            return checkpoint(fn, *args, use_reentrant=False)
-        return fn(*args)
+    def _maybe_checkpoint(self, fn, x, *args):
+        if self.with_cp and self.training and x.requires_grad:
+            return checkpoint(fn, x, *args, use_reentrant=False)
+        return fn(x, *args)
 
 
 class RepConvBlock(_CheckpointMixin, nn.Module):
@@ -508,9 +507,7 @@ class DynamicConvBlock(_CheckpointMixin, nn.Module):
         return tuple(torch.split(x, [self.dim, self.ctx_dim], dim=1))
 
     def forward(self, x, h_x, h_r):
-        if self.with_cp and self.training and x.requires_grad:
-            return checkpoint(self._forward, x, h_x, h_r, use_reentrant=False)
-        return self._forward(x, h_x, h_r)
+        return self._maybe_checkpoint(self._forward, x, h_x, h_r)
 
 
 class CTXDownsample(nn.Module):

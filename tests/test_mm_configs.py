@@ -137,6 +137,12 @@ def test_pretrained_init_cfg_uses_safe_reporting_loader(tmp_path, caplog):
     m.init_weights()
     for k, v in src.state_dict().items():
         assert torch.equal(m.state_dict()[k], v), k
+    # mmengine's ``prefix`` selects the backbone's keys of a whole detector
+    p = OverLoCKBackbone(arch=TINY_ARCH, init_cfg=dict(
+        type='Pretrained', checkpoint=str(ckpt), prefix='backbone'))
+    p.init_weights()
+    for k, v in src.state_dict().items():
+        assert torch.equal(p.state_dict()[k], v), k
 
 
 def test_eval_flag_mapping():

@@ -42,7 +42,7 @@ def _mask_of(poly, size):
     return np.asarray(m, dtype=bool)
 
 
-def _mask_to_polygons(mask):
+def _mask_to_rle(mask):
     """COCO RLE of a binary mask (exact, also for occluded shapes)."""
     from pycocotools import mask as mask_utils
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
@@ -110,7 +110,7 @@ def write(out, n_train=300, n_val=50, size=(128, 128), seed=0):
                 annotations.append(dict(
                     id=ann_id, image_id=i + 1,
                     category_id=CLASSES.index(s['kind']) + 1,
-                    segmentation=_mask_to_polygons(s['mask']),
+                    segmentation=_mask_to_rle(s['mask']),
                     area=float(s['mask'].sum()), bbox=[x0, y0, bw, bh],
                     iscrowd=0))
                 ann_id += 1
