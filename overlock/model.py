@@ -19,6 +19,7 @@ The network has three parts:
 import copy
 import functools
 import logging
+import os
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -27,9 +28,9 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
-from .ops import (DWConv2d, LargeKernelDWConv2d, contmix_aggregate,
-                  depthwise_conv2d, dilate_kernel, fuse_conv_bn,
-                  neighborhood_bias_index)
+from .ops import (DWConv2d, LargeKernelDWConv2d, aggregate_into, conv_act,
+                  contmix_aggregate, depthwise_conv2d, dilate_kernel,
+                  fuse_conv_bn, neighborhood_bias_index, spatial_l2_norm)
 
 try:  # timm >= 0.9
     from timm.layers import DropPath
@@ -38,7 +39,32 @@ except ImportError:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-__all__ = ['OverLoCK', 'ARCH_SETTINGS', 'DILATED_BRANCHES']
+__all__ = ['OverLoCK', 'ARCH_SETTINGS', 'DILATED_BRANCHES',
+           'set_fast_inference']
+
+_fast_inference = os.environ.get('OVERLOCK_DISABLE_FAST_INFERENCE', '').strip(
+).lower() not in ('1', 'true', 'yes', 'on')
+
+
+def set_fast_inference(enabled: bool) -> None:
+    """Allow (default) or forbid the fused inference path.
+
+    In eval mode without autograd on CPU, every block runs with its
+    BatchNorms, LayerScales, identity shortcuts of the 3x3 convolutions and
+    GRN shifts folded into the neighbouring convolutions (cached until a
+    weight or statistic changes), activations fused into the convolutions,
+    element-wise work done in place, and the features kept channels-last.
+    Outputs are equal to the plain path to float rounding. Also set by the
+    environment variable ``OVERLOCK_DISABLE_FAST_INFERENCE=1``.
+    """
+    global _fast_inference
+    _fast_inference = bool(enabled)
+
+
+def _fast_path(module: nn.Module, x: torch.Tensor) -> bool:
+    return (_fast_inference and not module.training
+            and not torch.is_grad_enabled() and x.device.type == 'cpu'
+            and x.dtype in (torch.float32, torch.float64))
 
 #: Hyper-parameters of the official models (``overlock_{xt,t,s,b}``).
 ARCH_SETTINGS: Dict[str, dict] = {
@@ -132,15 +158,23 @@ class GRN(nn.Module):
         self.gamma = nn.Parameter(torch.zeros(1, dim, 1, 1))
         self.beta = nn.Parameter(torch.zeros(1, dim, 1, 1))
 
-    def forward(self, x):
-        # the same L2 norm over (H, W), computed the way that is fastest on
-        # CPU for the tensor's layout (3-4x faster than vector_norm)
-        if x.is_contiguous():
-            gx = x.flatten(2).norm(dim=2)[..., None, None]
+    def scale(self, x):
+        """The per-sample, per-channel factor: ``GRN(x) = x * scale + beta``."""
+        if torch.is_grad_enabled():
+            # the L2 norm over (H, W), computed the way that is fastest on
+            # CPU for the tensor's layout (3-4x faster than vector_norm)
+            if x.is_contiguous():
+                gx = x.flatten(2).norm(dim=2)[..., None, None]
+            else:
+                gx = x.square().sum((2, 3), keepdim=True).sqrt()
         else:
-            gx = x.square().sum((2, 3), keepdim=True).sqrt()
+            gx = spatial_l2_norm(x)
         nx = gx / (gx.mean(dim=1, keepdim=True) + 1e-6)
-        return x + self.beta + self.gamma * nx * x
+        return torch.addcmul(torch.ones_like(self.gamma), self.gamma, nx)
+
+    def forward(self, x):
+        # x + beta + gamma * nx * x, in one pass over x
+        return torch.addcmul(self.beta, x, self.scale(x))
 
 
 class SEModule(nn.Module):
@@ -168,9 +202,74 @@ class ResDWConv(nn.Conv2d):
         super().__init__(
             dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
 
+    def fused_weight(self) -> torch.Tensor:
+        """The kernel with the identity shortcut added to its centre tap:
+        ``x + DWConv(x)`` is one convolution."""
+        return _with_identity(self.weight)
+
     def forward(self, x):
-        return x + depthwise_conv2d(x, self.weight, self.bias,
-                                    self.padding[0])
+        return depthwise_conv2d(x, self.fused_weight(), self.bias,
+                                self.padding[0])
+
+
+def _with_identity(weight: torch.Tensor) -> torch.Tensor:
+    k = weight.shape[-1]
+    delta = torch.zeros_like(weight)
+    delta[:, :, k // 2, k // 2] = 1
+    return weight + delta
+
+
+def _fold_bn_before(conv: nn.Conv2d,
+                    bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``conv(bn(x))`` as one 1x1 convolution (eval-mode BN)."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    shift = bn.bias - bn.running_mean * scale
+    w = conv.weight
+    bias = conv.bias if conv.bias is not None else w.new_zeros(w.shape[0])
+    return w * scale.view(1, -1, 1, 1), bias + w.flatten(1) @ shift
+
+
+class _InferenceCache:
+    """Fused inference weights, rebuilt when a parameter or buffer of the
+    module changes (``data_ptr`` and version counter of every tensor)."""
+
+    def _inference_params(self) -> dict:
+        tensors = list(self.parameters()) + list(self.buffers())
+        key = tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
+        cache = self.__dict__.get('_fused_cache')
+        if cache is None or cache[0] != key:
+            with torch.inference_mode(False), torch.no_grad():
+                cache = (key, self._build_inference_params())
+            self.__dict__['_fused_cache'] = cache
+        return cache[1]
+
+
+def _mlp_params(mlp: Sequence[nn.Module], ls: nn.Module,
+                res_scale: bool) -> dict:
+    """Fused weights of ``conv1x1 -> GELU -> ResDWConv -> GRN -> conv1x1``
+    followed by the residual ``ls(x) + mlp`` (``res_scale``) or
+    ``x + ls(mlp)``."""
+    fc1, _, dw, grn, fc2 = mlp[:5]
+    w2 = fc2.weight
+    b2 = fc2.bias + w2.flatten(1) @ grn.beta.flatten()  # GRN's shift
+    res_w = None
+    if isinstance(ls, LayerScale):
+        lw, lb = ls.weight.flatten(), ls.bias
+        if res_scale:
+            res_w, b2 = lw.view(1, -1, 1, 1), b2 + lb
+        else:
+            w2, b2 = w2 * lw.view(-1, 1, 1, 1), b2 * lw + lb
+    return dict(fc1_w=fc1.weight, fc1_b=fc1.bias, dw_w=dw.fused_weight(),
+                dw_b=dw.bias, grn=grn, fc2_w=w2, fc2_b=b2, res_w=res_w)
+
+
+def _mlp_forward(y: torch.Tensor, p: dict, residual: torch.Tensor):
+    h = conv_act(y, p['fc1_w'], p['fc1_b'], act='gelu')
+    h = conv_act(h, p['dw_w'], p['dw_b'], 1, h.shape[1])
+    h.mul_(p['grn'].scale(h))
+    if p['res_w'] is None:
+        return conv_act(h, p['fc2_w'], p['fc2_b'], add=residual)
+    return conv_act(h, p['fc2_w'], p['fc2_b']).addcmul_(residual, p['res_w'])
 
 
 def conv_bn(in_dim: int, out_dim: int, stride: int = 2) -> nn.Sequential:
@@ -258,6 +357,17 @@ class DilatedReparamBlock(nn.Module):
             self._merged_cache = cache
         return cache[1]
 
+    def merged_kernel(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Weight and bias of the single convolution equal to this block in
+        eval mode."""
+        if self.deploy:
+            return self.lk_origin.weight, self.lk_origin.bias
+        return self._merged_kernel()
+
+    def merged_kernel_bn(self, bn: nn.BatchNorm2d):
+        """:meth:`merged_kernel` with a following eval-mode BN folded in."""
+        return fuse_conv_bn(*self.merged_kernel(), bn)
+
     @torch.no_grad()
     def reparameterize(self) -> None:
         """Fold the BNs and dilated branches into ``lk_origin`` (in place)."""
@@ -286,7 +396,7 @@ class _CheckpointMixin:
         return fn(x, *args)
 
 
-class RepConvBlock(_CheckpointMixin, nn.Module):
+class RepConvBlock(_CheckpointMixin, _InferenceCache, nn.Module):
     """Base-Net / Overview-Net block: large-kernel conv + SE + GRN MLP."""
 
     def __init__(self,
@@ -324,8 +434,33 @@ class RepConvBlock(_CheckpointMixin, nn.Module):
             return self.ls(x) + self.proj(x)
         return x + self.proj[-1](self.ls(self.proj[:-1](x)))
 
+    def _build_inference_params(self) -> dict:
+        _, rep, bn, _, fc1, act, dw, grn, fc2 = self.proj[:9]
+        lk_w, lk_b = rep.merged_kernel_bn(bn)
+        p = _mlp_params([fc1, act, dw, grn, fc2], self.ls, self.res_scale)
+        p.update(res_dw_w=self.dwconv.fused_weight(), res_dw_b=self.dwconv.bias,
+                 lk_w=lk_w, lk_b=lk_b)
+        return p
+
+    def _forward_fused(self, x):
+        p = self._inference_params()
+        x = conv_act(x, p['res_dw_w'], p['res_dw_b'], 1, x.shape[1])
+        y = self.proj[1].lk_origin._conv(self.proj[0](x), p['lk_w'],
+                                         p['lk_b'])
+        y.mul_(self.proj[3].proj(y))  # SE
+        return _mlp_forward(y, p, residual=x)
+
     def forward(self, x):
+        if _fast_path(self, x):
+            return self._forward_fused(x)
         return self._maybe_checkpoint(self._forward, x)
+
+
+def _softmax_(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """In-place softmax (no autograd): on CPU 3-4x faster than
+    ``Tensor.softmax`` along a non-innermost axis."""
+    x.sub_(x.amax(dim, keepdim=True)).exp_()
+    return x.div_(x.sum(dim, keepdim=True))
 
 
 @functools.lru_cache(maxsize=64)
@@ -345,7 +480,7 @@ def contmix_size(height: int, width: int,
     return int(kernel_size / width * height), kernel_size
 
 
-class DynamicConvBlock(_CheckpointMixin, nn.Module):
+class DynamicConvBlock(_CheckpointMixin, _InferenceCache, nn.Module):
     """Focus-Net block with Context-Mixing dynamic kernels (ContMix).
 
     Each pixel's two depthwise kernels (``smk_size`` and ``kernel_size``) are
@@ -506,7 +641,117 @@ class DynamicConvBlock(_CheckpointMixin, nn.Module):
             return x, None
         return tuple(torch.split(x, [self.dim, self.ctx_dim], dim=1))
 
+    # ----------------------------------------------------- fused inference
+    def _build_inference_params(self) -> dict:
+        dwc, bn, act, fc, grn = self.fusion
+        proj_bn, proj = self.proj
+        p = _mlp_params(self.mlp, self.ls2, self.res_scale)
+        f_w, f_b = fuse_conv_bn(dwc.weight, dwc.bias, bn)
+        q_w, q_b = fuse_conv_bn(self.weight_query[0].weight, None,
+                                self.weight_query[1])
+        out_w, out_b = _fold_bn_before(proj, proj_bn)
+        res1_w = None
+        if isinstance(self.ls1, LayerScale):
+            lw, lb = self.ls1.weight.flatten(), self.ls1.bias
+            if self.res_scale:
+                res1_w, out_b = lw.view(1, -1, 1, 1), out_b + lb
+            else:
+                out_w, out_b = out_w * lw.view(-1, 1, 1, 1), out_b * lw + lb
+        p.update(
+            dw1_w=self.dwconv1.fused_weight(), dw1_b=self.dwconv1.bias,
+            dw2_w=self.dwconv2.fused_weight(), dw2_b=self.dwconv2.bias,
+            fus_w=f_w, fus_b=f_b, fc_w=fc.weight, fc_b=fc.bias, grn1=grn,
+            q_w=q_w * self.scale, q_b=q_b * self.scale,
+            dyn=fuse_conv_bn(self.dyconv_proj[0].weight, None,
+                             self.dyconv_proj[1]),
+            lepe=self.lepe[0].merged_kernel_bn(self.lepe[1]),
+            gate=fuse_conv_bn(self.gate[0].weight, None, self.gate[1]),
+            out_w=out_w, out_b=out_b, res1_w=res1_w, attn_bias={})
+        return p
+
+    def _attn_bias(self, p: dict, height: int, width: int) -> torch.Tensor:
+        """weight_proj bias + relative-position biases, ``(G, S^2 + K^2,
+        H * W)``, cached per map size."""
+        bias = p['attn_bias'].get((height, width))
+        if bias is None:
+            dev = self.rpb1.device
+            b1 = self.rpb1.flatten(1)[:, _bias_index(height, width,
+                                                     self.smk_size, dev)]
+            b2 = self.rpb2.flatten(1)[:, _bias_index(height, width,
+                                                     self.kernel_size, dev)]
+            bias = torch.cat([b1, b2], -1) + self.weight_proj.bias
+            bias = bias.transpose(1, 2).contiguous()
+            if len(p['attn_bias']) >= 16:
+                p['attn_bias'].clear()
+            p['attn_bias'][(height, width)] = bias
+        return bias
+
+    def _contmix_fused(self, x, x_f, p):
+        b, c, h, w = x.shape
+        g, small, large = self.num_heads, self.smk_size, self.kernel_size
+        query, key = torch.split(x_f, [self.dim, self.ctx_dim], dim=1)
+        query = conv_act(query, p['q_w'], p['q_b']).reshape(b, g, -1, h * w)
+        key = self.weight_key(key).reshape(b, g, -1, 49)
+        # (S^2 + K^2, 49) x (49, c) then x (c, HW): window-major attention
+        kw = torch.matmul(self.weight_proj.weight.view(-1, 49),
+                          key.transpose(-2, -1))
+        attn = torch.matmul(kw, query).add_(self._attn_bias(p, h, w))
+        attn = attn.view(b, g, -1, h, w)
+        # (B, G, H, W, c) values of the two kernels; the aggregation is
+        # fastest on these contiguous blocks
+        value = x.reshape(b, 2, g, c // (2 * g), h, w).permute(1, 0, 2, 4, 5, 3)
+        out = torch.zeros(value.shape, dtype=x.dtype, device=x.device)
+        for i, (k, sl) in enumerate(((small, slice(0, small * small)),
+                                     (large, slice(small * small, None)))):
+            a = _softmax_(attn[:, :, sl], dim=2)
+            aggregate_into(a.permute(2, 0, 1, 3, 4), value[i].contiguous(), k,
+                           out[i])
+        # (2, B, G, H, W, c) -> channels-last (B, C, H, W)
+        out = out.permute(1, 3, 4, 0, 2, 5).reshape(b, h, w, c)
+        return out.permute(0, 3, 1, 2)
+
+    def _forward_fused(self, x, h_x, h_r):
+        p = self._inference_params()
+        height, width = x.shape[2:]
+        if not self.is_first:
+            h_x = self.x_scale(h_x).add_(self.h_scale(h_r))
+        x_f = torch.cat([x, h_x], dim=1)
+        identity = conv_act(x_f, p['dw1_w'], p['dw1_b'], 1, x_f.shape[1])
+        x_f = self.norm1(identity)
+        x = conv_act(x_f, p['fus_w'], p['fus_b'], 1, x_f.shape[1], act='gelu')
+        x = conv_act(x, p['fc_w'], p['fc_b'])
+        grn = p['grn1']
+        x = x.mul_(grn.scale(x)).add_(grn.beta)
+        gate = conv_act(x, *p['gate'], act='swish')
+        lepe = self.lepe[0].lk_origin._conv(x, *p['lepe'])
+
+        size = contmix_size(height, width, self.kernel_size)
+        if size != (height, width):
+            x = F.interpolate(x, size=size, mode='bilinear', align_corners=False)
+            x_f = F.interpolate(
+                x_f, size=size, mode='bilinear', align_corners=False)
+            x = F.adaptive_avg_pool2d(
+                self._contmix_fused(x, x_f, p), (height, width))
+        else:
+            x = self._contmix_fused(x, x_f, p)
+        fmt = torch.channels_last if x.is_contiguous(
+            memory_format=torch.channels_last) else torch.contiguous_format
+        x = conv_act(x, *p['dyn'], add=lepe.contiguous(memory_format=fmt))
+        x.mul_(self.se_layer.proj(x)).mul_(gate)
+        if p['res1_w'] is None:
+            x = conv_act(x, p['out_w'], p['out_b'], add=identity)
+        else:
+            x = conv_act(x, p['out_w'], p['out_b']).addcmul_(
+                identity, p['res1_w'])
+        x = conv_act(x, p['dw2_w'], p['dw2_b'], 1, x.shape[1])
+        x = _mlp_forward(self.norm2(x), p, residual=x)
+        if self.is_last:
+            return x, None
+        return tuple(torch.split(x, [self.dim, self.ctx_dim], dim=1))
+
     def forward(self, x, h_x, h_r):
+        if _fast_path(self, x):
+            return self._forward_fused(x, h_x, h_r)
         return self._maybe_checkpoint(self._forward, x, h_x, h_r)
 
 
@@ -898,6 +1143,14 @@ class OverLoCK(nn.Module):
         training mode with ``use_ds`` a tuple ``(logits, aux_logits)``.
         """
         self._check_input(x)
+        fmt = None
+        if _fast_path(self, x):
+            # the fused inference path runs channels-last (faster on CPU
+            # for every layer but a few large-kernel ones, which convert)
+            fmt = torch.channels_last if x.dim() == 4 and x.is_contiguous(
+                memory_format=torch.channels_last) and not x.is_contiguous() \
+                else torch.contiguous_format
+            x = x.contiguous(memory_format=torch.channels_last)
         if self.num_classes > 0:
             feats, overview = self.forward_features(x, (3, ))
             logits = self.head(feats[3]).flatten(1)
@@ -905,4 +1158,7 @@ class OverLoCK(nn.Module):
                 return logits, self.aux_head(overview).flatten(1)
             return logits
         feats, _ = self.forward_features(x, self.out_indices)
+        if fmt is not None:
+            return tuple(feats[i].contiguous(memory_format=fmt)
+                         for i in self.out_indices)
         return tuple(feats[i] for i in self.out_indices)

@@ -36,7 +36,8 @@ __all__ = [
     'contmix_aggregate', 'contmix_aggregate_reference', 'neighborhood_starts',
     'neighborhood_bias_index', 'LargeKernelDWConv2d', 'set_accelerators',
     'accelerator_status', 'set_reference_mode', 'depthwise_conv2d',
-    'DWConv2d', 'set_cpu_conv_mode'
+    'DWConv2d', 'set_cpu_conv_mode', 'conv_act', 'spatial_l2_norm',
+    'aggregate_into'
 ]
 
 
@@ -192,6 +193,25 @@ def _column_segments(width: int, kernel_size: int, kj: int):
     return segs
 
 
+def aggregate_into(attn_t: torch.Tensor, value: torch.Tensor,
+                   kernel_size: int, out: torch.Tensor) -> torch.Tensor:
+    """``out += aggregation`` (no autograd); ``attn_t`` is window-major,
+    ``(K*K, B, G, H, W)``, ``value`` and ``out`` are ``(B, G, H, W, C)``.
+    Any strides (for example views of a channels-last feature map)."""
+    height, width = value.shape[2:4]
+    rows = neighborhood_starts(height, kernel_size, value.device)
+    segs = [_column_segments(width, kernel_size, kj)
+            for kj in range(kernel_size)]
+    for ki in range(kernel_size):
+        v_rows = value.index_select(2, rows + ki)
+        for kj in range(kernel_size):
+            a = attn_t[ki * kernel_size + kj].unsqueeze(-1)
+            for dst, src in segs[kj]:
+                out[:, :, :, dst].addcmul_(v_rows[:, :, :, src],
+                                           a[:, :, :, dst])
+    return out
+
+
 class _ContMixAggregate(torch.autograd.Function):
     """``out[b,g,i,j] = sum_k attn[b,g,i,j,k] * value[b,g,n_k(i,j)]``.
 
@@ -205,18 +225,9 @@ class _ContMixAggregate(torch.autograd.Function):
     @staticmethod
     def forward(ctx, attn, value, kernel_size):
         _, _, height, width, _ = value.shape
-        rows = neighborhood_starts(height, kernel_size, value.device)
         out = torch.zeros_like(value, memory_format=torch.contiguous_format)
         attn_t = attn.permute(4, 0, 1, 2, 3).contiguous()  # K*K, B, G, H, W
-        segs = [_column_segments(width, kernel_size, kj)
-                for kj in range(kernel_size)]
-        for ki in range(kernel_size):
-            v_rows = value.index_select(2, rows + ki)
-            for kj in range(kernel_size):
-                a = attn_t[ki * kernel_size + kj].unsqueeze(-1)
-                for dst, src in segs[kj]:
-                    out[:, :, :, dst].addcmul_(v_rows[:, :, :, src],
-                                               a[:, :, :, dst])
+        aggregate_into(attn_t, value, kernel_size, out)
         ctx.save_for_backward(attn_t, value)
         ctx.kernel_size = kernel_size
         return out
@@ -528,3 +539,72 @@ def dilate_kernel(weight: torch.Tensor, dilation: int) -> torch.Tensor:
     out = weight.new_zeros(c, g, size, size)
     out[:, :, ::dilation, ::dilation] = weight
     return out
+
+
+# --------------------------------------------------------------------------
+# Inference helpers (no autograd)
+# --------------------------------------------------------------------------
+_ACTS = {'none': None, 'gelu': F.gelu, 'swish': F.silu, 'sigmoid': torch.sigmoid}
+
+
+def _mkldnn_pointwise_ok(x: torch.Tensor) -> bool:
+    return (x.device.type == 'cpu' and x.dtype == torch.float32
+            and not _reference_mode and _cpu_conv_mode != 'aten'
+            and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, '_convolution_pointwise'))
+
+
+def conv_act(x: torch.Tensor,
+             weight: torch.Tensor,
+             bias: Optional[torch.Tensor] = None,
+             padding: int = 0,
+             groups: int = 1,
+             act: str = 'none',
+             add: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Inference-only stride-1 convolution fused with an activation
+    (``'none'``, ``'gelu'``, ``'swish'``, ``'sigmoid'``) or followed by
+    ``+ add`` (no activation then).
+
+    On CPU (float32) this is one oneDNN call with a post-op (the output is
+    written once instead of two or three times); elsewhere the plain
+    PyTorch ops. Must not be used where gradients are needed.
+    """
+    if act not in _ACTS:
+        raise ValueError(f'act must be one of {sorted(_ACTS)}, got {act!r}')
+    if add is not None and act != 'none':
+        raise ValueError('conv_act: use either act or add, not both')
+    pad = [padding, padding]
+    if _mkldnn_pointwise_ok(x):
+        if add is None:
+            return torch.ops.mkldnn._convolution_pointwise(
+                x, weight, bias, pad, [1, 1], [1, 1], groups, act, [], 'none')
+        fmt = torch.channels_last if _is_channels_last(x) else \
+            torch.contiguous_format
+        if add.is_contiguous(memory_format=fmt):
+            return torch.ops.mkldnn._convolution_pointwise.binary(
+                x, add, weight, bias, pad, [1, 1], [1, 1], groups, 'add',
+                None, None, [], None)
+    y = F.conv2d(x, weight, bias, 1, padding, 1, groups)
+    if add is not None:
+        return y.add_(add)
+    fn = _ACTS[act]
+    return fn(y) if fn is not None else y
+
+
+def spatial_l2_norm(x: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """L2 norm over ``(H, W)`` of an ``(N, C, H, W)`` tensor, shape
+    ``(N, C, 1, 1)``, without materialising ``x * x`` (on CPU a fresh
+    allocation of the size of ``x`` costs more than the arithmetic):
+    channels-first tensors reduce along their contiguous rows, channels-last
+    ones in cache-sized chunks of pixels."""
+    n, c = x.shape[:2]
+    if x.is_contiguous():
+        return x.reshape(n, c, -1).norm(dim=2)[..., None, None]
+    if not _is_channels_last(x):
+        return x.square().sum((2, 3), keepdim=True).sqrt_()
+    rows = x.permute(0, 2, 3, 1).reshape(n, -1, c)
+    out = x.new_zeros(n, c)
+    for i in range(n):
+        for part in rows[i].split(chunk):
+            out[i] += part.square().sum(0)
+    return out.sqrt_()[..., None, None]
