@@ -28,7 +28,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
-from .ops import (DWConv2d, LargeKernelDWConv2d, aggregate_into, conv_act,
+from .ops import (DWConv2d, LargeKernelDWConv2d, aggregate_window_major,
+                  conv_act,
                   contmix_aggregate, depthwise_conv2d, dilate_kernel,
                   fuse_conv_bn, neighborhood_bias_index, spatial_l2_norm)
 
@@ -704,8 +705,7 @@ class DynamicConvBlock(_CheckpointMixin, _InferenceCache, nn.Module):
         for i, (k, sl) in enumerate(((small, slice(0, small * small)),
                                      (large, slice(small * small, None)))):
             a = _softmax_(attn[:, :, sl], dim=2)
-            aggregate_into(a.permute(2, 0, 1, 3, 4), value[i].contiguous(), k,
-                           out[i])
+            aggregate_window_major(a, value[i].contiguous(), k, out[i])
         # (2, B, G, H, W, c) -> channels-last (B, C, H, W)
         out = out.permute(1, 3, 4, 0, 2, 5).reshape(b, h, w, c)
         return out.permute(0, 3, 1, 2)

@@ -21,6 +21,7 @@ first CUDA call, and only used when present:
 ``OVERLOCK_DISABLE_NATTEN=1`` / ``OVERLOCK_DISABLE_IGEMM=1``) forces the PyTorch
 path.
 """
+import functools
 import logging
 import os
 from typing import Optional, Tuple
@@ -37,7 +38,7 @@ __all__ = [
     'neighborhood_bias_index', 'LargeKernelDWConv2d', 'set_accelerators',
     'accelerator_status', 'set_reference_mode', 'depthwise_conv2d',
     'DWConv2d', 'set_cpu_conv_mode', 'conv_act', 'spatial_l2_norm',
-    'aggregate_into'
+    'aggregate_into', 'aggregate_window_major', 'set_contmix_mode'
 ]
 
 
@@ -212,6 +213,131 @@ def aggregate_into(attn_t: torch.Tensor, value: torch.Tensor,
     return out
 
 
+# The aggregation has two CPU implementations, chosen per shape by timing
+# both once (``_use_band``):
+#
+# * *slices*: ``K * K`` fused multiply-adds of shifted slices (above); few
+#   flops, many passes over the output, best for maps much wider than K;
+# * *band*: for each window row, every image row is one small matrix product
+#   ``out_row (W, C) += A (W, W') @ value_row (W', C)`` with the pixels'
+#   weights scattered into a banded ``A`` (W' = the columns the row's windows
+#   cover; wide maps are split into column blocks); more flops but all in
+#   GEMMs, 2-6x faster at training sizes. ``A`` has no channel axis.
+_BAND_BLOCK = 32
+_agg_cache: dict = {}
+_agg_mode = os.environ.get('OVERLOCK_CONTMIX', 'auto').strip().lower()
+
+
+def set_contmix_mode(mode: str) -> None:
+    """How the PyTorch ContMix aggregation runs: ``'auto'`` (default: the
+    faster of the two for each shape, timed once on CPU), ``'band'`` or
+    ``'slices'``. Also set by ``OVERLOCK_CONTMIX``."""
+    global _agg_mode
+    if mode not in ('auto', 'band', 'slices'):
+        raise ValueError(f"mode must be 'auto', 'band' or 'slices', got "
+                         f'{mode!r}')
+    _agg_mode = mode
+
+
+def aggregate_window_major(attn: torch.Tensor, value: torch.Tensor,
+                           kernel_size: int,
+                           out: torch.Tensor) -> torch.Tensor:
+    """``out += aggregation`` without autograd, for window-major weights
+    ``(B, G, K*K, H, W)`` (any strides); ``value``/``out``: ``(B, G, H, W,
+    C)``, ``out`` contiguous."""
+    if _use_band(value, kernel_size):
+        a6 = attn.permute(0, 1, 3, 4, 2).unflatten(4, (kernel_size,) * 2)
+        return _band_forward(a6, value, kernel_size, out)
+    return aggregate_into(attn.permute(2, 0, 1, 3, 4), value, kernel_size, out)
+
+
+@functools.lru_cache(maxsize=256)
+def _band_blocks(width: int, kernel_size: int, device: torch.device):
+    """Column blocks: ``(output columns, value columns, local window
+    index (wb, K))``."""
+    starts = neighborhood_starts(width, kernel_size)
+    block = width if width <= 48 else _BAND_BLOCK
+    blocks = []
+    for j0 in range(0, width, block):
+        j1 = min(width, j0 + block)
+        c0, c1 = int(starts[j0]), int(starts[j1 - 1]) + kernel_size
+        idx = starts[j0:j1, None] - c0 + torch.arange(kernel_size)
+        blocks.append((slice(j0, j1), slice(c0, c1), idx.to(device)))
+    return blocks
+
+
+def _band(a6, ki, js, idx, width_v):
+    b, g, h = a6.shape[:3]
+    wb, k = idx.shape
+    band = a6.new_zeros(b, g, h, wb, width_v)
+    return band.scatter_(-1, idx.expand(b, g, h, wb, k), a6[:, :, :, js, ki])
+
+
+def _band_forward(a6, value, kernel_size, out):
+    """``out += aggregation``; ``a6`` is ``(B, G, H, W, K, K)`` (any
+    strides), ``value`` and ``out`` ``(B, G, H, W, C)``."""
+    height, width = value.shape[2:4]
+    rows = neighborhood_starts(height, kernel_size, value.device)
+    blocks = _band_blocks(width, kernel_size, value.device)
+    for ki in range(kernel_size):
+        v_rows = value.index_select(2, rows + ki)
+        for js, cs, idx in blocks:
+            band = _band(a6, ki, js, idx, cs.stop - cs.start)
+            out[:, :, :, js] += torch.matmul(band, v_rows[:, :, :, cs])
+    return out
+
+
+def _band_backward(a6, value, kernel_size, grad_out, need_attn, need_value):
+    height, width = value.shape[2:4]
+    rows = neighborhood_starts(height, kernel_size, value.device)
+    blocks = _band_blocks(width, kernel_size, value.device)
+    grad_attn = a6.new_empty(a6.shape) if need_attn else None
+    grad_value = torch.zeros_like(value) if need_value else None
+    for ki in range(kernel_size):
+        v_rows = value.index_select(2, rows + ki) if need_attn else None
+        acc = torch.zeros_like(value) if need_value else None
+        for js, cs, idx in blocks:
+            go = grad_out[:, :, :, js]
+            if need_attn:
+                prod = torch.matmul(go, v_rows[:, :, :, cs].transpose(-1, -2))
+                grad_attn[:, :, :, js, ki] = prod.gather(
+                    -1, idx.expand(*prod.shape[:-1], kernel_size))
+            if need_value:
+                band = _band(a6, ki, js, idx, cs.stop - cs.start)
+                acc[:, :, :, cs] += torch.matmul(band.transpose(-1, -2), go)
+        if need_value:
+            grad_value.index_add_(2, rows + ki, acc)
+    return grad_attn, grad_value
+
+
+def _use_band(value: torch.Tensor, kernel_size: int) -> bool:
+    """Whether the band implementation is the faster one for this shape
+    (timed once per shape on CPU; always on other devices)."""
+    if _agg_mode != 'auto':
+        return _agg_mode == 'band'
+    if value.device.type != 'cpu':
+        return True
+    key = (tuple(value.shape), kernel_size, value.dtype,
+           torch.get_num_threads())
+    choice = _agg_cache.get(key)
+    if choice is None:
+        with torch.no_grad():
+            v = value.detach().contiguous()
+            k2 = kernel_size * kernel_size
+            attn = torch.full((*v.shape[:4], k2), 1. / k2, dtype=v.dtype)
+            a6 = attn.view(*v.shape[:4], kernel_size, kernel_size)
+            attn_t = attn.permute(4, 0, 1, 2, 3).contiguous()
+            out = torch.zeros_like(v)
+            t_band = _time_once(lambda: _band_forward(a6, v, kernel_size, out))
+            t_slices = _time_once(
+                lambda: aggregate_into(attn_t, v, kernel_size, out))
+        choice = _agg_cache[key] = t_band < t_slices
+        logger.debug('ContMix aggregation %s K=%d: band %.2f ms, slices '
+                     '%.2f ms', key[0], kernel_size, t_band * 1e3,
+                     t_slices * 1e3)
+    return choice
+
+
 class _ContMixAggregate(torch.autograd.Function):
     """``out[b,g,i,j] = sum_k attn[b,g,i,j,k] * value[b,g,n_k(i,j)]``.
 
@@ -224,11 +350,16 @@ class _ContMixAggregate(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, attn, value, kernel_size):
-        _, _, height, width, _ = value.shape
         out = torch.zeros_like(value, memory_format=torch.contiguous_format)
-        attn_t = attn.permute(4, 0, 1, 2, 3).contiguous()  # K*K, B, G, H, W
-        aggregate_into(attn_t, value, kernel_size, out)
-        ctx.save_for_backward(attn_t, value)
+        ctx.band = _use_band(value, kernel_size)
+        if ctx.band:
+            a6 = attn.reshape(*attn.shape[:4], kernel_size, kernel_size)
+            _band_forward(a6, value, kernel_size, out)
+            ctx.save_for_backward(a6, value)
+        else:
+            attn_t = attn.permute(4, 0, 1, 2, 3).contiguous()  # K*K,B,G,H,W
+            aggregate_into(attn_t, value, kernel_size, out)
+            ctx.save_for_backward(attn_t, value)
         ctx.kernel_size = kernel_size
         return out
 
@@ -238,9 +369,15 @@ class _ContMixAggregate(torch.autograd.Function):
         attn_t, value = ctx.saved_tensors
         kernel_size = ctx.kernel_size
         _, _, height, width, _ = value.shape
-        rows = neighborhood_starts(height, kernel_size, value.device)
         grad_out = grad_out.contiguous()
         need_attn, need_value = ctx.needs_input_grad[:2]
+        if ctx.band:
+            grad_attn, grad_value = _band_backward(
+                attn_t, value, kernel_size, grad_out, need_attn, need_value)
+            if need_attn:
+                grad_attn = grad_attn.flatten(4)
+            return grad_attn, grad_value, None
+        rows = neighborhood_starts(height, kernel_size, value.device)
         grad_attn = torch.empty_like(attn_t) if need_attn else None
         grad_value = torch.zeros_like(value) if need_value else None
         segs = [_column_segments(width, kernel_size, kj)
