@@ -16,6 +16,7 @@ The network has three parts:
   generated from the context, which they refine and carry along (the stage-3
   and stage-4 outputs have ``C + C4 / 4`` channels).
 """
+import contextlib
 import copy
 import functools
 import logging
@@ -388,13 +389,62 @@ class DilatedReparamBlock(nn.Module):
         self.deploy = True
 
 
+class _KeepRunningStats:
+    """Restores the running statistics of the BatchNorms under ``module``
+    after a checkpointed segment is recomputed in the backward, so that each
+    training step updates them once (a recomputation would update them
+    twice)."""
+
+    def __init__(self, modules: Sequence[nn.Module]):
+        self.bns = [m for mod in modules for m in mod.modules()
+                    if isinstance(m, _BatchNorm) and m.training
+                    and m.track_running_stats]
+
+    def __enter__(self):
+        self.saved = [[t.clone() for t in (m.running_mean, m.running_var,
+                                           m.num_batches_tracked)]
+                      for m in self.bns]
+
+    def __exit__(self, *exc):
+        with torch.no_grad():
+            for m, (mean, var, n) in zip(self.bns, self.saved):
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
+                m.num_batches_tracked.copy_(n)
+        self.saved = None
+
+
+def _recompute(fn, modules, *args):
+    """``fn(*args)`` whose intermediate tensors are recomputed in the
+    backward instead of stored (BatchNorm statistics updated once)."""
+    return checkpoint(
+        fn, *args, use_reentrant=False, preserve_rng_state=False,
+        context_fn=lambda: (contextlib.nullcontext(),
+                            _KeepRunningStats(modules)))
+
+
 class _CheckpointMixin:
     with_cp = False
+    selective_cp = True
 
     def _maybe_checkpoint(self, fn, x, *args):
         if self.with_cp and self.training and x.requires_grad:
-            return checkpoint(fn, x, *args, use_reentrant=False)
+            return checkpoint(
+                fn, x, *args, use_reentrant=False,
+                context_fn=lambda: (contextlib.nullcontext(),
+                                    _KeepRunningStats([self])))
         return fn(x, *args)
+
+    def _cheap(self, fn, *args, modules=None):
+        """Run a cheap segment (norms, activations, depthwise convolutions):
+        while training, its outputs are recomputed in the backward rather
+        than kept, unless ``selective_cp`` is off (or the whole block is
+        checkpointed)."""
+        if self.selective_cp and not self.with_cp and self.training and \
+                torch.is_grad_enabled():
+            return _recompute(fn, modules if modules is not None else [fn],
+                              *args)
+        return fn(*args)
 
 
 class RepConvBlock(_CheckpointMixin, _InferenceCache, nn.Module):
@@ -429,11 +479,18 @@ class RepConvBlock(_CheckpointMixin, _InferenceCache, nn.Module):
         self.ls = LayerScale(dim, ls_init_value) \
             if ls_init_value is not None else nn.Identity()
 
+    def _branch(self, x):
+        """``proj`` without its DropPath; LN -> large kernel -> BN -> SE and
+        GELU -> ResDWConv -> GRN are recomputed in the backward."""
+        y = self._cheap(self.proj[:4], x)
+        h = self._cheap(self.proj[5:8], self.proj[4](y))
+        return self.proj[8](h)
+
     def _forward(self, x):
         x = self.dwconv(x)
         if self.res_scale:
-            return self.ls(x) + self.proj(x)
-        return x + self.proj[-1](self.ls(self.proj[:-1](x)))
+            return self.ls(x) + self.proj[9](self._branch(x))
+        return x + self.proj[9](self.ls(self._branch(x)))
 
     def _build_inference_params(self) -> dict:
         _, rep, bn, _, fc1, act, dw, grn, fc2 = self.proj[:9]
@@ -614,9 +671,10 @@ class DynamicConvBlock(_CheckpointMixin, _InferenceCache, nn.Module):
         x_f = self.dwconv1(torch.cat([x, h_x], dim=1))
         identity = x_f
         x_f = self.norm1(x_f)
-        x = self.fusion(x_f)
-        gate = self.gate(x)
-        lepe = self.lepe(x)
+        fusion = self.fusion
+        x = fusion[4](fusion[3](self._cheap(fusion[:3], x_f)))
+        gate = self._cheap(self.gate[1:], self.gate[0](x))
+        lepe = self._cheap(self.lepe, x)
 
         size = contmix_size(height, width, self.kernel_size)
         if size != (height, width):
@@ -628,19 +686,30 @@ class DynamicConvBlock(_CheckpointMixin, _InferenceCache, nn.Module):
             x = self.contmix(x, x_f)
 
         x = self.se_layer(self.dyconv_proj(x) + lepe)
-        x = self.proj(gate * x)
+        x = self.proj[1](self._cheap(self._gated_norm, gate, x,
+                                     modules=[self.proj[0]]))
         if self.res_scale:
             x = self.ls1(identity) + self.drop_path(x)
         else:
             x = identity + self.drop_path(self.ls1(x))
         x = self.dwconv2(x)
         if self.res_scale:
-            x = self.ls2(x) + self.drop_path(self.mlp(self.norm2(x)))
+            x = self.ls2(x) + self.drop_path(self._mlp(x))
         else:
-            x = x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
+            x = x + self.drop_path(self.ls2(self._mlp(x)))
         if self.is_last:
             return x, None
         return tuple(torch.split(x, [self.dim, self.ctx_dim], dim=1))
+
+    def _gated_norm(self, gate, x):
+        return self.proj[0](gate * x)
+
+    def _mlp(self, x):
+        """norm2 -> mlp; GELU -> ResDWConv -> GRN recomputed in the
+        backward."""
+        mlp = self.mlp
+        h = self._cheap(mlp[1:4], mlp[0](self.norm2(x)))
+        return mlp[4](h)
 
     # ----------------------------------------------------- fused inference
     def _build_inference_params(self) -> dict:
