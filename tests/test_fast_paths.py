@@ -1,0 +1,233 @@
+"""The performance paths give the numbers of the plain ones: the fused
+inference path, the banded ContMix aggregation and selective recomputation
+in training."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import TINY_ARCH, randomize_
+from overlock import OverLoCK, ops
+from overlock import model as model_mod
+
+
+@pytest.fixture
+def plain_then_fused():
+    """Run a callable with the fused inference path off, then on."""
+
+    def run(fn):
+        model_mod.set_fast_inference(False)
+        try:
+            plain = fn()
+        finally:
+            model_mod.set_fast_inference(True)
+        return plain, fn()
+
+    return run
+
+
+def _tiny(seed=0, **kw):
+    return randomize_(OverLoCK(TINY_ARCH, **kw), seed=seed).eval()
+
+
+def _assert_rel(out, ref, tol=1e-5):
+    err = (out - ref).abs().max() / ref.abs().max()
+    assert err < tol, f'relative error {err:.2e}'
+
+
+@pytest.mark.parametrize('fuse_overview', [True, False])
+@pytest.mark.parametrize('batch,size', [(1, (64, 64)), (2, (45, 71)),
+                                        (1, (20, 20)), (2, (9, 13))])
+def test_fused_inference_equals_plain_path(plain_then_fused, fuse_overview,
+                                           batch, size):
+    """Including maps smaller than the kernels (ContMix on an enlarged map)."""
+    model = _tiny(fuse_overview=fuse_overview)
+    x = torch.randn(batch, 3, *size)
+    with torch.no_grad():
+        plain, fused = plain_then_fused(lambda: model(x))
+    for a, b in zip(fused, plain):
+        assert a.shape == b.shape and a.is_contiguous()
+        _assert_rel(a, b)
+
+
+def test_fused_inference_keeps_channels_last_input_format(plain_then_fused):
+    model = _tiny()
+    x = torch.randn(1, 3, 48, 40).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        plain, fused = plain_then_fused(lambda: model(x))
+    for a, b in zip(fused, plain):
+        assert a.is_contiguous(memory_format=torch.channels_last)
+        _assert_rel(a, b)
+
+
+def test_fused_inference_is_not_used_with_autograd_or_in_training():
+    model = _tiny()
+    x = torch.randn(1, 3, 32, 32)
+    outs = model(x)  # eval, grad enabled: plain path, differentiable
+    assert all(o.requires_grad for o in outs)
+    assert '_fused_cache' not in model.blocks1[0].__dict__
+    with torch.no_grad():
+        model(x)
+    assert '_fused_cache' in model.blocks1[0].__dict__
+
+
+def test_fused_inference_follows_weight_changes(plain_then_fused):
+    model = _tiny()
+    x = torch.randn(1, 3, 40, 40)
+    with torch.no_grad():
+        before = model(x)
+        model.blocks1[0].proj[2].running_mean.add_(0.5)
+        model.sub_blocks3[0].mlp[3].gamma.mul_(3.)
+        model.sub_blocks3[1].rpb2.add_(1.)
+        plain, fused = plain_then_fused(lambda: model(x))
+    assert not torch.allclose(before[3], fused[3])
+    for a, b in zip(fused, plain):
+        _assert_rel(a, b)
+
+
+def test_fused_inference_deploy_form_and_float64(plain_then_fused):
+    model = _tiny(seed=3)
+    deploy = copy.deepcopy(model).reparameterize()
+    x = torch.randn(1, 3, 37, 52)
+    with torch.no_grad():
+        ref = model(x)
+        for a, b in zip(deploy(x), ref):
+            _assert_rel(a, b)
+        model64 = copy.deepcopy(model).double()
+        plain, fused = plain_then_fused(lambda: model64(x.double()))
+    for a, b in zip(fused, plain):
+        assert a.dtype == torch.float64
+        _assert_rel(a, b, 1e-10)
+
+
+def test_fused_inference_classifier(plain_then_fused):
+    model = randomize_(OverLoCK(TINY_ARCH, num_classes=7)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        plain, fused = plain_then_fused(lambda: model(x))
+    assert fused.shape == (2, 7)
+    _assert_rel(fused, plain)
+
+
+# ----------------------------------------------------------------- ops
+@pytest.mark.parametrize('act,ref', [('none', lambda y: y), ('gelu', F.gelu),
+                                     ('swish', F.silu),
+                                     ('sigmoid', torch.sigmoid)])
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_conv_act(act, ref, channels_last):
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 11, 13)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w, b = torch.randn(16, 8, 1, 1), torch.randn(16)
+    wd = torch.randn(8, 1, 3, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(ops.conv_act(x, w, b, act=act),
+                                   ref(F.conv2d(x, w, b)), rtol=1e-5,
+                                   atol=1e-5)
+        torch.testing.assert_close(
+            ops.conv_act(x, wd, None, 1, 8, act=act),
+            ref(F.conv2d(x, wd, None, 1, 1, 1, 8)), rtol=1e-5, atol=1e-5)
+        other = torch.randn(2, 16, 11, 13)
+        torch.testing.assert_close(
+            ops.conv_act(x, w, b, add=other), F.conv2d(x, w, b) + other,
+            rtol=1e-5, atol=1e-5)
+
+
+def test_conv_act_bad_arguments():
+    x, w = torch.randn(1, 2, 4, 4), torch.randn(2, 2, 1, 1)
+    with pytest.raises(ValueError, match='act must be one of'):
+        ops.conv_act(x, w, act='relu6')
+    with pytest.raises(ValueError, match='either act or add'):
+        ops.conv_act(x, w, act='gelu', add=x)
+
+
+@pytest.mark.parametrize('layout', ['cf', 'cl', 'strided'])
+def test_spatial_l2_norm(layout):
+    x = torch.randn(3, 5, 70, 90)
+    if layout == 'cl':
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == 'strided':
+        x = x[:, :, ::2]
+    ref = x.square().sum((2, 3), keepdim=True).sqrt()
+    torch.testing.assert_close(ops.spatial_l2_norm(x, chunk=1000), ref)
+
+
+@pytest.mark.parametrize('mode', ['band', 'slices'])
+@pytest.mark.parametrize('h,w,k', [(9, 70, 5), (7, 7, 7), (12, 10, 5)])
+def test_contmix_modes_equal_reference(mode, h, w, k):
+    """Both implementations (wide maps use column blocks in band mode)."""
+    torch.manual_seed(0)
+    attn = torch.rand(2, 3, h, w, k * k, requires_grad=True)
+    value = torch.randn(2, 3, h, w, 4, requires_grad=True)
+    ref = ops.contmix_aggregate_reference(attn, value, k)
+    go = torch.randn_like(ref)
+    g_ref = torch.autograd.grad(ref, (attn, value), go)
+    ops.set_contmix_mode(mode)
+    try:
+        out = ops.contmix_aggregate(attn, value, k)
+        grads = torch.autograd.grad(out, (attn, value), go)
+        with torch.no_grad():
+            wm = torch.zeros_like(value)
+            ops.aggregate_window_major(
+                attn.detach().permute(0, 1, 4, 2, 3), value.detach(), k, wm)
+    finally:
+        ops.set_contmix_mode('auto')
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+    torch.testing.assert_close(wm, ref.detach(), rtol=0, atol=1e-5)
+    for a, b in zip(grads, g_ref):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+def test_contmix_band_gradcheck():
+    ops.set_contmix_mode('band')
+    try:
+        attn = torch.rand(1, 2, 6, 40, 9, dtype=torch.float64,
+                          requires_grad=True)
+        value = torch.randn(1, 2, 6, 40, 3, dtype=torch.float64,
+                            requires_grad=True)
+        assert torch.autograd.gradcheck(
+            lambda a, v: ops.contmix_aggregate(a, v, 3), (attn, value))
+    finally:
+        ops.set_contmix_mode('auto')
+
+
+def test_contmix_mode_errors():
+    with pytest.raises(ValueError, match="'auto', 'band' or 'slices'"):
+        ops.set_contmix_mode('fast')
+
+
+def test_softmax_in_place():
+    x = torch.randn(2, 3, 11, 4, 5)
+    ref = x.softmax(2)
+    out = model_mod._softmax_(x, 2)
+    assert out.data_ptr() == x.data_ptr()
+    torch.testing.assert_close(out, ref)
+
+
+# ------------------------------------------------- selective recomputation
+@pytest.mark.parametrize('with_cp', [False, True])
+def test_recomputation_same_numbers_and_running_stats(with_cp):
+    """Selective (default) and full-block recomputation give the gradients
+    and the BatchNorm running statistics of storing everything."""
+    torch.manual_seed(0)
+    ref = _tiny(selective_cp=False).train()
+    other = OverLoCK(TINY_ARCH, with_cp=with_cp).train()
+    other.load_state_dict(ref.state_dict())
+    assert other.blocks1[0].selective_cp and not ref.blocks1[0].selective_cp
+    x = torch.randn(2, 3, 48, 48)
+    grads = []
+    for m in (ref, other):
+        xi = x.clone().requires_grad_(True)
+        outs = m(xi)
+        sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum()
+            for o in outs).backward()
+        grads.append([xi.grad] + [p.grad for p in m.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    sd_ref, sd = ref.state_dict(), other.state_dict()
+    for k in sd_ref:
+        if 'running' in k or 'num_batches' in k:
+            torch.testing.assert_close(sd[k], sd_ref[k], rtol=1e-5, atol=1e-6,
+                                       msg=k)
