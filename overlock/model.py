@@ -32,7 +32,8 @@ from torch.utils.checkpoint import checkpoint
 from .ops import (DWConv2d, LargeKernelDWConv2d, aggregate_window_major,
                   conv_act,
                   contmix_aggregate, depthwise_conv2d, dilate_kernel,
-                  fuse_conv_bn, neighborhood_bias_index, spatial_l2_norm)
+                  fuse_conv_bn, neighborhood_bias_index, reference_mode,
+                  spatial_l2_norm)
 
 try:  # timm >= 0.9
     from timm.layers import DropPath
@@ -64,7 +65,7 @@ def set_fast_inference(enabled: bool) -> None:
 
 
 def _fast_path(module: nn.Module, x: torch.Tensor) -> bool:
-    return (_fast_inference and not module.training
+    return (_fast_inference and not reference_mode() and not module.training
             and not torch.is_grad_enabled() and x.device.type == 'cpu'
             and x.dtype in (torch.float32, torch.float64))
 
@@ -175,6 +176,10 @@ class GRN(nn.Module):
         return torch.addcmul(torch.ones_like(self.gamma), self.gamma, nx)
 
     def forward(self, x):
+        if reference_mode():  # as the official code
+            gx = torch.norm(x, p=2, dim=(2, 3), keepdim=True)
+            nx = gx / (gx.mean(dim=1, keepdim=True) + 1e-6)
+            return x + self.beta + self.gamma * nx * x
         # x + beta + gamma * nx * x, in one pass over x
         return torch.addcmul(self.beta, x, self.scale(x))
 
@@ -210,6 +215,9 @@ class ResDWConv(nn.Conv2d):
         return _with_identity(self.weight)
 
     def forward(self, x):
+        if reference_mode():  # as the official code
+            return x + depthwise_conv2d(x, self.weight, self.bias,
+                                        self.padding[0])
         return depthwise_conv2d(x, self.fused_weight(), self.bias,
                                 self.padding[0])
 
@@ -322,7 +330,8 @@ class DilatedReparamBlock(nn.Module):
     def forward(self, x):
         if self.deploy:
             return self.lk_origin(x)
-        if not self.training and not torch.is_grad_enabled():
+        if not self.training and not torch.is_grad_enabled() and \
+                not reference_mode():
             # inference: one convolution with the merged kernel (what
             # reparameterize() makes permanent), cached until a weight or
             # statistic changes

@@ -38,7 +38,8 @@ __all__ = [
     'neighborhood_bias_index', 'LargeKernelDWConv2d', 'set_accelerators',
     'accelerator_status', 'set_reference_mode', 'depthwise_conv2d',
     'DWConv2d', 'set_cpu_conv_mode', 'conv_act', 'spatial_l2_norm',
-    'aggregate_into', 'aggregate_window_major', 'set_contmix_mode'
+    'aggregate_into', 'aggregate_window_major', 'set_contmix_mode',
+    'reference_mode'
 ]
 
 
@@ -76,9 +77,17 @@ def set_accelerators(natten: Optional[bool] = None,
 def set_reference_mode(enabled: bool) -> None:
     """Run the ContMix aggregation the naive way (autograd through a gathered
     ``(K*K, C)`` tensor per pixel, as the official fallback does). Only for
-    benchmarks and tests: slower and far more memory-hungry."""
+    benchmarks and tests: slower and far more memory-hungry. The model then
+    also runs every layer as the official code does (no fused inference, no
+    merged kernels before :meth:`OverLoCK.reparameterize`, element-wise
+    residuals)."""
     global _reference_mode
     _reference_mode = bool(enabled)
+
+
+def reference_mode() -> bool:
+    """Whether :func:`set_reference_mode` is on."""
+    return _reference_mode
 
 
 def _load_natten():

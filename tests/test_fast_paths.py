@@ -231,3 +231,22 @@ def test_recomputation_same_numbers_and_running_stats(with_cp):
         if 'running' in k or 'num_batches' in k:
             torch.testing.assert_close(sd[k], sd_ref[k], rtol=1e-5, atol=1e-6,
                                        msg=k)
+
+
+def test_reference_mode_runs_the_official_structure():
+    """The benchmark's naive baseline: no fused path, no merged kernels, same
+    numbers."""
+    model = _tiny(seed=5)
+    x = torch.randn(1, 3, 40, 44)
+    fresh = copy.deepcopy(model)
+    with torch.no_grad():
+        ours = model(x)
+        ops.set_reference_mode(True)
+        try:
+            naive = fresh(x)
+        finally:
+            ops.set_reference_mode(False)
+    assert '_fused_cache' not in fresh.blocks1[0].__dict__
+    assert fresh.blocks1[0].proj[1].__dict__.get('_merged_cache') is None
+    for a, b in zip(ours, naive):
+        _assert_rel(a, b)

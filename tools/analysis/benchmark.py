@@ -12,8 +12,11 @@ Implementations (``--compare A B``):
 
 * ``ours``: the model as shipped;
 * ``naive``: written the way the official code works: channels-first
-  convolutions and the ContMix aggregation through autograd on a gathered
-  ``(K*K, C)`` neighbourhood tensor per pixel;
+  convolutions, the dilated branches run one by one (also in eval, until
+  re-parameterised), element-wise residuals and norms, every activation
+  kept for the backward, and the ContMix aggregation through autograd on a
+  gathered ``(K*K, C)`` neighbourhood tensor per pixel;
+* ``naive_deploy``: ``naive`` re-parameterised (the official deploy form);
 * ``deploy``: ``ours`` re-parameterised (dilated branches merged);
 * ``channels_last``: ``ours`` with model and input in channels_last.
 
@@ -34,7 +37,13 @@ import time
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
-IMPLS = ('ours', 'naive', 'deploy', 'channels_last')
+IMPLS = ('ours', 'naive', 'naive_deploy', 'deploy', 'channels_last')
+#: glibc settings that keep freed memory in the process instead of returning
+#: every large block to the OS (each fresh block then page-faults again).
+#: They speed up any PyTorch CPU program; ``--malloc heap`` applies them to
+#: every implementation alike.
+MALLOC_SETTINGS = {'MALLOC_MMAP_MAX_': '0',
+                   'MALLOC_TRIM_THRESHOLD_': str(64 << 30)}
 
 
 def _rss_mb():
@@ -46,10 +55,12 @@ def build(impl, arch, flavour, device):
 
     from overlock import OverLoCK
     from overlock import ops
-    model = OverLoCK(arch, fuse_overview=flavour == 'detection')
-    if impl == 'naive':
+    naive = impl.startswith('naive')
+    model = OverLoCK(arch, fuse_overview=flavour == 'detection',
+                     selective_cp=not naive)
+    if naive:
         ops.set_reference_mode(True)
-    if impl == 'deploy':
+    if impl.endswith('deploy'):
         model.eval().reparameterize()
     model.to(device)
     if impl == 'channels_last':
@@ -80,7 +91,7 @@ def measure(impl, arch, flavour, mode, size, batch, device, repeats, warmup,
             with torch.inference_mode():
                 return model(x)
     else:
-        if impl == 'deploy':
+        if impl.endswith('deploy'):
             raise SystemExit('deploy form is for inference; use --mode eval')
         model.train()
         xg = x.requires_grad_(False)
@@ -119,7 +130,11 @@ def run_isolated(args, impl, mode):
            str(args.batch), '--device', args.device, '--repeats',
            str(args.repeats), '--warmup', str(args.warmup), '--threads',
            str(args.threads)]
-    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True)
+    env = dict(os.environ)
+    if args.malloc == 'heap':
+        env.update(MALLOC_SETTINGS)
+    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True,
+                         env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -142,6 +157,11 @@ def main(argv=None):
     p.add_argument('--warmup', type=int, default=1)
     p.add_argument('--threads', type=int, default=0,
                    help='torch threads (0: torch default)')
+    p.add_argument('--malloc', choices=['default', 'heap'],
+                   default='default',
+                   help='CPU: glibc malloc as configured (default) or with '
+                   'MALLOC_MMAP_MAX_=0 and a large MALLOC_TRIM_THRESHOLD_ '
+                   '(applied to all implementations alike)')
     p.add_argument('--json', help='also write the results here')
     p.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
     p.add_argument('--impl', default='ours', help=argparse.SUPPRESS)
@@ -158,7 +178,7 @@ def main(argv=None):
     results = []
     for mode in modes:
         for impl in args.compare:
-            if mode == 'train' and impl == 'deploy':
+            if mode == 'train' and impl.endswith('deploy'):
                 continue
             if args.device.startswith('cuda'):
                 res = measure(impl, args.arch, args.flavour, mode,
@@ -166,11 +186,13 @@ def main(argv=None):
                               args.repeats, args.warmup, args.threads)
             else:
                 res = run_isolated(args, impl, mode)
+                res['malloc'] = args.malloc
             results.append(res)
 
     print(f'OverLoCK-{args.arch.upper()} {args.flavour}, input '
           f'{args.batch}x3x{args.size[0]}x{args.size[1]}, {args.device}, '
-          f'median of {args.repeats} after {args.warmup} warm-up')
+          f'median of {args.repeats} after {args.warmup} warm-up' +
+          (f', malloc {args.malloc}' if args.device == 'cpu' else ''))
     head = f'{"mode":<6}{"impl":<15}{"median ms":>11}{"min ms":>10}' \
            f'{"peak MB":>10}{"speed-up":>10}{"mem ratio":>11}'
     print(head)

@@ -47,15 +47,24 @@ def count_contmix():
 
 def count(fn):
     """(counted GMACs, ContMix GMACs) of ``fn()``."""
+    from overlock import model as model_mod
     from overlock import ops
-    # plain convolutions: the CPU layout auto-tuning would be counted too
+    # the plain layers (the fused inference path computes the same with
+    # oneDNN post-ops that the counter does not see), plain convolutions
+    # (the CPU layout auto-tuning would be counted too) and the slice
+    # aggregation (the band one would count its GEMMs on top of the
+    # analytic ContMix count)
     ops.set_cpu_conv_mode('aten')
+    ops.set_contmix_mode('slices')
+    model_mod.set_fast_inference(False)
     try:
         with count_contmix() as agg, FlopCounterMode(display=False) as fc:
             with torch.no_grad():
                 fn()
     finally:
         ops.set_cpu_conv_mode('auto')
+        ops.set_contmix_mode('auto')
+        model_mod.set_fast_inference(True)
     return fc.get_total_flops() / 2e9, agg[0] / 1e9
 
 
