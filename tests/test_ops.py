@@ -208,3 +208,20 @@ def test_depthwise_conv_gradcheck_float64(mode):
 def test_cpu_conv_mode_validation():
     with pytest.raises(ValueError, match="'auto', 'cf', 'cl' or 'aten'"):
         ops.set_cpu_conv_mode('fast')
+
+
+@pytest.mark.parametrize('plan', [(False, False), (True, False), (False, True),
+                                  (True, True)])
+@pytest.mark.parametrize('channels_last_input', [False, True])
+def test_depthwise_conv_plans_equal_conv2d(plan, channels_last_input):
+    """Every way the auto-tuner may pick (layout x dilated/dense kernel)
+    gives F.conv2d's numbers and keeps the input's layout."""
+    torch.manual_seed(5)
+    x = torch.randn(2, 6, 21, 18)
+    if channels_last_input:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w, b = torch.randn(6, 1, 9, 9), torch.randn(6)
+    y = ops._conv_forward(x, w, b, 8, 2, plan)
+    torch.testing.assert_close(y, F.conv2d(x, w, b, 1, 8, 2, 6), rtol=1e-5,
+                               atol=1e-5)
+    assert ops._is_channels_last(y) == channels_last_input

@@ -20,7 +20,8 @@ Implementations (``--compare A B``):
 * ``deploy``: ``ours`` re-parameterised (dilated branches merged);
 * ``channels_last``: ``ours`` with model and input in channels_last.
 
-Numbers are medians over ``--repeats`` runs after ``--warmup`` runs. On CPU
+Numbers are medians over ``--rounds`` x ``--repeats`` runs, each round after
+``--warmup`` runs, the rounds interleaving the implementations. On CPU
 each measurement runs in a fresh process and its peak memory is the growth of
 the process's peak resident set over the model's own footprint; on CUDA it is
 ``torch.cuda.max_memory_allocated``. Speed is never asserted in tests.
@@ -119,6 +120,7 @@ def measure(impl, arch, flavour, mode, size, batch, device, repeats, warmup,
                 size=list(size), batch=batch, device=device,
                 median_ms=statistics.median(times) * 1e3,
                 min_ms=min(times) * 1e3, runs=len(times),
+                times_ms=[t * 1e3 for t in times],
                 peak_mem_mb=peak)
 
 
@@ -155,6 +157,10 @@ def main(argv=None):
                    'of the ratio column')
     p.add_argument('--repeats', type=int, default=5)
     p.add_argument('--warmup', type=int, default=1)
+    p.add_argument('--rounds', type=int, default=1,
+                   help='run every implementation this many times, '
+                   'interleaved, each in a fresh process; the statistics '
+                   'pool all runs')
     p.add_argument('--threads', type=int, default=0,
                    help='torch threads (0: torch default)')
     p.add_argument('--malloc', choices=['default', 'heap'],
@@ -177,21 +183,35 @@ def main(argv=None):
     modes = ['eval', 'train'] if args.mode == 'both' else [args.mode]
     results = []
     for mode in modes:
-        for impl in args.compare:
-            if mode == 'train' and impl.endswith('deploy'):
-                continue
-            if args.device.startswith('cuda'):
-                res = measure(impl, args.arch, args.flavour, mode,
-                              tuple(args.size), args.batch, args.device,
-                              args.repeats, args.warmup, args.threads)
-            else:
-                res = run_isolated(args, impl, mode)
-                res['malloc'] = args.malloc
+        impls = [i for i in dict.fromkeys(args.compare)
+                 if not (mode == 'train' and i.endswith('deploy'))]
+        rounds = {impl: [] for impl in impls}
+        # rounds interleave the implementations, so that a slow phase of a
+        # shared machine does not fall on one of them only
+        for _ in range(args.rounds):
+            for impl in impls:
+                if args.device.startswith('cuda'):
+                    res = measure(impl, args.arch, args.flavour, mode,
+                                  tuple(args.size), args.batch, args.device,
+                                  args.repeats, args.warmup, args.threads)
+                else:
+                    res = run_isolated(args, impl, mode)
+                    res['malloc'] = args.malloc
+                rounds[impl].append(res)
+        for impl in impls:
+            res = dict(rounds[impl][0])
+            times = [t for r in rounds[impl] for t in r['times_ms']]
+            res.update(median_ms=statistics.median(times),
+                       min_ms=min(times), runs=len(times), times_ms=times,
+                       rounds=args.rounds,
+                       peak_mem_mb=max(r['peak_mem_mb']
+                                       for r in rounds[impl]))
             results.append(res)
 
     print(f'OverLoCK-{args.arch.upper()} {args.flavour}, input '
           f'{args.batch}x3x{args.size[0]}x{args.size[1]}, {args.device}, '
-          f'median of {args.repeats} after {args.warmup} warm-up' +
+          f'median of {args.rounds} x {args.repeats} after {args.warmup} '
+          f'warm-up' +
           (f', malloc {args.malloc}' if args.device == 'cpu' else ''))
     head = f'{"mode":<6}{"impl":<15}{"median ms":>11}{"min ms":>10}' \
            f'{"peak MB":>10}{"speed-up":>10}{"mem ratio":>11}'
