@@ -67,7 +67,20 @@ def set_fast_inference(enabled: bool) -> None:
 def _fast_path(module: nn.Module, x: torch.Tensor) -> bool:
     return (_fast_inference and not reference_mode() and not module.training
             and not torch.is_grad_enabled() and x.device.type == 'cpu'
-            and x.dtype in (torch.float32, torch.float64))
+            and x.dtype in (torch.float32, torch.float64)
+            and not _exporting())
+
+
+def _exporting() -> bool:
+    """Tracing, scripting, exporting or compiling: keep to portable ops (the
+    fused path's oneDNN post-ops exist only in eager CPU PyTorch)."""
+    if torch.jit.is_tracing() or torch.jit.is_scripting():
+        return True
+    compiler = getattr(torch, 'compiler', None)
+    if compiler is not None and compiler.is_compiling():
+        return True
+    onnx = getattr(torch, 'onnx', None)
+    return bool(onnx is not None and onnx.is_in_onnx_export())
 
 #: Hyper-parameters of the official models (``overlock_{xt,t,s,b}``).
 ARCH_SETTINGS: Dict[str, dict] = {

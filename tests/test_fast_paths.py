@@ -250,3 +250,16 @@ def test_reference_mode_runs_the_official_structure():
     assert fresh.blocks1[0].proj[1].__dict__.get('_merged_cache') is None
     for a, b in zip(ours, naive):
         _assert_rel(a, b)
+
+
+def test_tracing_uses_portable_ops():
+    """torch.jit.trace (and ONNX export, which traces) must not record the
+    fused path's oneDNN-only ops."""
+    model = _tiny(seed=2)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        traced = torch.jit.trace(model, x, check_trace=False)
+        graph = str(traced.inlined_graph)
+        assert '_convolution_pointwise' not in graph
+        for a, b in zip(traced(x), model(x)):
+            _assert_rel(a, b)
