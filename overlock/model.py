@@ -318,7 +318,7 @@ def make_stem(in_channels: int, dim: int) -> nn.Sequential:
     )
 
 
-class DilatedReparamBlock(nn.Module):
+class DilatedReparamBlock(_InferenceCache, nn.Module):
     """Large-kernel depthwise conv + BN, with parallel dilated small-kernel
     branches (UniRepLKNet) that :meth:`reparameterize` folds into one kernel.
     """
@@ -348,7 +348,7 @@ class DilatedReparamBlock(nn.Module):
             # inference: one convolution with the merged kernel (what
             # reparameterize() makes permanent), cached until a weight or
             # statistic changes
-            weight, bias = self._merged_kernel_cached()
+            weight, bias = self._inference_params()
             return self.lk_origin._conv(x, weight, bias)
         out = self.origin_bn(self.lk_origin(x))
         for k, r in self.branches:
@@ -370,16 +370,8 @@ class DilatedReparamBlock(nn.Module):
             bias = bias + b
         return weight, bias
 
-    def _merged_kernel_cached(self):
-        tensors = list(self.parameters()) + list(self.buffers())
-        key = tuple((t.data_ptr(), t._version, t.device, t.dtype)
-                    for t in tensors)
-        cache = getattr(self, '_merged_cache', None)
-        if cache is None or cache[0] != key:
-            with torch.inference_mode(False), torch.no_grad():
-                cache = (key, self._merged_kernel())
-            self._merged_cache = cache
-        return cache[1]
+    def _build_inference_params(self):
+        return self._merged_kernel()
 
     def merged_kernel(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """Weight and bias of the single convolution equal to this block in
@@ -407,7 +399,7 @@ class DilatedReparamBlock(nn.Module):
         for k, r in self.branches:
             delattr(self, f'dil_conv_k{k}_{r}')
             delattr(self, f'dil_bn_k{k}_{r}')
-        self._merged_cache = None
+        self.__dict__.pop('_fused_cache', None)
         self.deploy = True
 
 
@@ -436,11 +428,11 @@ class _KeepRunningStats:
         self.saved = None
 
 
-def _recompute(fn, modules, *args):
+def _recompute(fn, modules, *args, preserve_rng_state=False):
     """``fn(*args)`` whose intermediate tensors are recomputed in the
     backward instead of stored (BatchNorm statistics updated once)."""
     return checkpoint(
-        fn, *args, use_reentrant=False, preserve_rng_state=False,
+        fn, *args, use_reentrant=False, preserve_rng_state=preserve_rng_state,
         context_fn=lambda: (contextlib.nullcontext(),
                             _KeepRunningStats(modules)))
 
@@ -451,10 +443,8 @@ class _CheckpointMixin:
 
     def _maybe_checkpoint(self, fn, x, *args):
         if self.with_cp and self.training and x.requires_grad:
-            return checkpoint(
-                fn, x, *args, use_reentrant=False,
-                context_fn=lambda: (contextlib.nullcontext(),
-                                    _KeepRunningStats([self])))
+            # DropPath is inside: replay its random draws
+            return _recompute(fn, [self], x, *args, preserve_rng_state=True)
         return fn(x, *args)
 
     def _cheap(self, fn, *args, modules=None):

@@ -350,11 +350,10 @@ def _use_band(value: torch.Tensor, kernel_size: int) -> bool:
 class _ContMixAggregate(torch.autograd.Function):
     """``out[b,g,i,j] = sum_k attn[b,g,i,j,k] * value[b,g,n_k(i,j)]``.
 
-    Loops over the ``K * K`` window offsets. Rows are gathered once per window
-    row; columns are slices (interior) or broadcast single columns (borders).
-    Neither direction ever holds a tensor with both the window and the channel
-    axes: memory is ``O(B * H * W * (C + K * K))``. The backward recomputes
-    the gathers instead of saving them.
+    Runs the *band* or the *slices* implementation (see above), whichever
+    is faster for the shape. Neither direction ever holds a tensor with both
+    the window and the channel axes: memory is ``O(B * H * W * (C + K * K))``.
+    The backward recomputes the gathers instead of saving them.
     """
 
     @staticmethod
@@ -508,7 +507,7 @@ def _is_channels_last(x) -> bool:
         x.is_contiguous(memory_format=torch.channels_last)
 
 
-def _forward_channels_last(x, weight, padding, dilation):
+def _conv_plan(x, weight, padding, dilation):
     """The fastest way to run this depthwise convolution forward on CPU:
     ``(channels_last, dense)``, timed once per shape. ``dense`` (dilated
     kernels only) runs the kernel with its zeros inserted as an undilated
@@ -577,7 +576,7 @@ class _DepthwiseConvCPU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, padding, dilation):
-        plan = _forward_channels_last(x, weight, padding, dilation)
+        plan = _conv_plan(x, weight, padding, dilation)
         ctx.save_for_backward(x, weight)
         ctx.conf = (padding, dilation, bias is not None)
         return _conv_forward(x, weight, bias, padding, dilation, plan)
@@ -598,7 +597,7 @@ class _DepthwiseConvCPU(torch.autograd.Function):
             w_flip = weight.flip(-1, -2)
             grad_x = _conv_forward(
                 grad_out, w_flip, None, padding, dilation,
-                _forward_channels_last(grad_out, w_flip, padding, dilation))
+                _conv_plan(grad_out, w_flip, padding, dilation))
         if need_w:
             grad_w = _weight_grad(x.contiguous(), grad_out, weight.shape[-1],
                                   padding, dilation)
@@ -630,7 +629,7 @@ def depthwise_conv2d(x: torch.Tensor,
             not torch.is_grad_enabled():
         return _conv_forward(
             x, weight, bias, padding, dilation,
-            _forward_channels_last(x, weight, padding, dilation))
+            _conv_plan(x, weight, padding, dilation))
     return _DepthwiseConvCPU.apply(x, weight, bias, padding, dilation)
 
 
