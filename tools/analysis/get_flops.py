@@ -54,6 +54,7 @@ def count(fn):
     # (the CPU layout auto-tuning would be counted too) and the slice
     # aggregation (the band one would count its GEMMs on top of the
     # analytic ContMix count)
+    before = (ops._cpu_conv_mode, ops._agg_mode, model_mod._fast_inference)
     ops.set_cpu_conv_mode('aten')
     ops.set_contmix_mode('slices')
     model_mod.set_fast_inference(False)
@@ -62,9 +63,9 @@ def count(fn):
             with torch.no_grad():
                 fn()
     finally:
-        ops.set_cpu_conv_mode('auto')
-        ops.set_contmix_mode('auto')
-        model_mod.set_fast_inference(True)
+        ops.set_cpu_conv_mode(before[0])
+        ops.set_contmix_mode(before[1])
+        model_mod.set_fast_inference(before[2])
     return fc.get_total_flops() / 2e9, agg[0] / 1e9
 
 
