@@ -1,4 +1,5 @@
-"""Registers ``OverLoCK`` in MMSegmentation 1.x's ``MODELS`` registry.
+"""Registers ``OverLoCK`` in MMSegmentation 1.x's ``MODELS`` registry (and
+does nothing else).
 
 Use from a config with::
 
@@ -7,12 +8,8 @@ Use from a config with::
 """
 from mmseg.registry import MODELS
 
-from overlock.mm import OverLoCKBackbone
+from overlock_mm import OverLoCKBackbone, register_backbone
 
-MODELS.register_module('OverLoCK', module=OverLoCKBackbone, force=True)
+register_backbone(MODELS)
 
 __all__ = ['OverLoCKBackbone']
-
-from overlock.mm import allow_mmengine_checkpoints  # noqa: E402
-
-allow_mmengine_checkpoints()

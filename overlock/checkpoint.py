@@ -161,6 +161,33 @@ def _strip(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     return out
 
 
+def _select_prefix(sd: Dict[str, torch.Tensor],
+                   prefix: Optional[str]) -> Dict[str, torch.Tensor]:
+    """The tensors under ``prefix.`` with it removed (all when no prefix)."""
+    if not prefix:
+        return sd
+    head = prefix.rstrip('.') + '.'
+    out = {k[len(head):]: v for k, v in sd.items() if k.startswith(head)}
+    if not out:
+        raise CheckpointError(
+            f'No key of the checkpoint starts with {head!r} (prefix '
+            f'{prefix!r}); its keys start with '
+            f'{sorted({k.split(".")[0] for k in sd})[:8]}. Fix the prefix or '
+            f'leave it out.')
+    return out
+
+
+def _drop_heads(sd: Dict[str, torch.Tensor],
+                model: Optional[nn.Module]) -> Dict[str, torch.Tensor]:
+    if model is None:
+        return sd
+    names = set(model.state_dict())
+    for prefix in HEAD_PREFIXES:
+        if not any(n.startswith(prefix) for n in names):
+            sd = {k: v for k, v in sd.items() if not k.startswith(prefix)}
+    return sd
+
+
 def checkpoint_filter_fn(state_dict, model: Optional[nn.Module] = None):
     """Make an official / OpenMMLab / timm checkpoint fit an OverLoCK model.
 
@@ -169,13 +196,7 @@ def checkpoint_filter_fn(state_dict, model: Optional[nn.Module] = None):
     drops ``head.*`` and ``aux_head.*``. Pure (the input is not modified) and
     idempotent.
     """
-    sd = _strip(_unwrap(state_dict))
-    if model is not None:
-        names = set(model.state_dict())
-        for prefix in HEAD_PREFIXES:
-            if not any(n.startswith(prefix) for n in names):
-                sd = {k: v for k, v in sd.items() if not k.startswith(prefix)}
-    return sd
+    return _drop_heads(_strip(_unwrap(state_dict)), model)
 
 
 def infer_arch(state_dict: Mapping[str, torch.Tensor]) -> Optional[str]:
@@ -214,8 +235,14 @@ def load_checkpoint(model: nn.Module,
                     filename,
                     map_location='cpu',
                     strict: bool = True,
-                    logger: Optional[logging.Logger] = None) -> dict:
+                    logger: Optional[logging.Logger] = None,
+                    prefix: Optional[str] = None) -> dict:
     """Load an OverLoCK checkpoint (path, URL or already loaded object).
+
+    The file is read once (:func:`safe_load`) and unwrapped once; with
+    ``prefix`` only the tensors under ``prefix.`` are used (e.g.
+    ``prefix='backbone'`` of a whole detector, as mmengine's ``Pretrained``
+    initialiser has it).
 
     Missing ``extra_norm.*`` / ``h_proj.*`` (absent from ImageNet weights) are
     reported; with ``strict`` any other missing key or any shape mismatch is an
@@ -229,8 +256,8 @@ def load_checkpoint(model: nn.Module,
     source = filename if isinstance(filename, str) else '<state_dict>'
     raw = safe_load(filename, map_location) if isinstance(filename, str) \
         else filename
-    unwrapped = _strip(_unwrap(raw))
-    sd = checkpoint_filter_fn(unwrapped, model)
+    unwrapped = _strip(_select_prefix(_unwrap(raw), prefix))
+    sd = _drop_heads(unwrapped, model)
     dropped = sorted(set(unwrapped) - set(sd))
 
     own = model.state_dict()

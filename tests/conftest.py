@@ -1,23 +1,56 @@
+import io
+import json
+import lzma
 import os
-import sys
 
-import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-REFERENCE_DIR = os.environ.get(
-    'OVERLOCK_REFERENCE_DIR',
-    os.path.join(os.path.dirname(ROOT), 'shared', 'reference'))
+#: compact copy of the official reference data (tools/misc/compact_reference.py)
+DATA_DIR = os.path.join(ROOT, 'tests', 'data')
+#: bits of the quantised reference results (see compact_reference.py)
+QUANT_BITS = 20
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
-def reference_file(name):
-    path = os.path.join(REFERENCE_DIR, name)
-    if not os.path.isfile(path):
-        pytest.skip(f'reference data {path} not found (set OVERLOCK_REFERENCE_DIR)')
-    return path
+def _read_xz(name):
+    with open(os.path.join(DATA_DIR, name), 'rb') as f:
+        return lzma.decompress(f.read())
+
+
+def _dequantize(obj):
+    if isinstance(obj, dict) and 'quantized' in obj:
+        assert obj['bits'] == QUANT_BITS
+        return obj['quantized'].double().mul(obj['scale'] / 2**QUANT_BITS) \
+            .float()
+    if isinstance(obj, dict):
+        return {k: _dequantize(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_dequantize(v) for v in obj]
+    return obj
+
+
+def load_reference(flavour):
+    """The official outputs and gradients of a tiny model (``detection`` or
+    ``segmentation``); results within :func:`reference_error` of the
+    official float32 values."""
+    data = torch.load(io.BytesIO(_read_xz(f'tiny_{flavour}.pt.xz')),
+                      weights_only=True)
+    return _dequantize(data)
+
+
+def load_manifest():
+    """``{form: {arch: [[key, shape], ...]}}`` of the official models."""
+    return json.loads(_read_xz('state_dict_manifest.json.xz'))
+
+
+def reference_error(ref):
+    """An upper bound of ``|stored - official|`` for a reference tensor:
+    quantisation rounds to ``max|r| / 2**QUANT_BITS`` (exactly stored tensors
+    get the same, stricter-than-needed, allowance subtracted)."""
+    half_step = 2.**-(QUANT_BITS + 1)
+    return ref.abs().max().item() * half_step / (1 - half_step)
 
 
 def upstream_to_arch(args):

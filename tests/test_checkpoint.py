@@ -1,21 +1,19 @@
 """The safe, reporting checkpoint loader."""
 import argparse
-import json
 import logging
 import os
 
 import pytest
 import torch
 
-from conftest import reference_file
+from conftest import load_manifest
 from overlock import OverLoCK, checkpoint_filter_fn, infer_arch, load_checkpoint
 from overlock.checkpoint import CheckpointError, safe_load
 
 
 @pytest.fixture(scope='module')
 def manifest():
-    with open(reference_file('state_dict_manifest.json')) as f:
-        return json.load(f)
+    return load_manifest()
 
 
 def _synth(manifest, form, arch, seed=0):

@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from conftest import TINY_ARCH, randomize_
+import overlock
 from overlock import OverLoCK, ops
-from overlock import model as model_mod
+from overlock.fused import softmax_
 
 
 @pytest.fixture
@@ -17,11 +18,8 @@ def plain_then_fused():
     """Run a callable with the fused inference path off, then on."""
 
     def run(fn):
-        model_mod.set_fast_inference(False)
-        try:
+        with overlock.options(fast_inference=False):
             plain = fn()
-        finally:
-            model_mod.set_fast_inference(True)
         return plain, fn()
 
     return run
@@ -164,16 +162,13 @@ def test_contmix_modes_equal_reference(mode, h, w, k):
     ref = ops.contmix_aggregate_reference(attn, value, k)
     go = torch.randn_like(ref)
     g_ref = torch.autograd.grad(ref, (attn, value), go)
-    ops.set_contmix_mode(mode)
-    try:
+    with overlock.options(contmix=mode):
         out = ops.contmix_aggregate(attn, value, k)
         grads = torch.autograd.grad(out, (attn, value), go)
         with torch.no_grad():
             wm = torch.zeros_like(value)
             ops.aggregate_window_major(
                 attn.detach().permute(0, 1, 4, 2, 3), value.detach(), k, wm)
-    finally:
-        ops.set_contmix_mode('auto')
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
     torch.testing.assert_close(wm, ref.detach(), rtol=0, atol=1e-5)
     for a, b in zip(grads, g_ref):
@@ -181,27 +176,24 @@ def test_contmix_modes_equal_reference(mode, h, w, k):
 
 
 def test_contmix_band_gradcheck():
-    ops.set_contmix_mode('band')
-    try:
+    with overlock.options(contmix='band'):
         attn = torch.rand(1, 2, 6, 40, 9, dtype=torch.float64,
                           requires_grad=True)
         value = torch.randn(1, 2, 6, 40, 3, dtype=torch.float64,
                             requires_grad=True)
         assert torch.autograd.gradcheck(
             lambda a, v: ops.contmix_aggregate(a, v, 3), (attn, value))
-    finally:
-        ops.set_contmix_mode('auto')
 
 
 def test_contmix_mode_errors():
-    with pytest.raises(ValueError, match="'auto', 'band' or 'slices'"):
+    with pytest.raises(ValueError, match=r"contmix must be one of \('auto', 'band', 'slices'\)"):
         ops.set_contmix_mode('fast')
 
 
 def test_softmax_in_place():
     x = torch.randn(2, 3, 11, 4, 5)
     ref = x.softmax(2)
-    out = model_mod._softmax_(x, 2)
+    out = softmax_(x, 2)
     assert out.data_ptr() == x.data_ptr()
     torch.testing.assert_close(out, ref)
 
@@ -241,11 +233,8 @@ def test_reference_mode_runs_the_official_structure():
     fresh = copy.deepcopy(model)
     with torch.no_grad():
         ours = model(x)
-        ops.set_reference_mode(True)
-        try:
+        with overlock.options(reference=True):
             naive = fresh(x)
-        finally:
-            ops.set_reference_mode(False)
     assert '_fused_cache' not in fresh.blocks1[0].__dict__
     assert '_fused_cache' not in fresh.blocks1[0].proj[1].__dict__
     for a, b in zip(ours, naive):

@@ -1,10 +1,9 @@
 """Parameter names and shapes equal the official models' for every arch."""
-import json
 
 import pytest
 import torch
 
-from conftest import reference_file
+from conftest import load_manifest
 from overlock import OverLoCK
 
 ARCHS = ['xt', 't', 's', 'b']
@@ -14,8 +13,7 @@ EXTRAS = ('extra_norm.', 'h_proj.')
 
 @pytest.fixture(scope='module')
 def manifest():
-    with open(reference_file('state_dict_manifest.json')) as f:
-        return json.load(f)
+    return load_manifest()
 
 
 def _shapes(model):

@@ -74,7 +74,7 @@ def test_config_recipe(path):
 
 
 def _run_once(cfg):
-    from overlock.mm import build_model
+    from overlock_mm.runtime import build_model
     model = build_model(cfg).eval()
     if cfg.default_scope == 'mmdet':
         from mmdet.structures import DetDataSample
@@ -115,7 +115,7 @@ def test_config_builds_and_runs(path):
 def test_large_configs_build(path):
     """S/B: the same code path; build on the meta device (shapes only)."""
     cfg = Config.fromfile(path)
-    from overlock.mm import build_model
+    from overlock_mm.runtime import build_model
     with torch.device('meta'):
         model = build_model(cfg)
     assert model.backbone.channels == tuple(_channels(cfg.model.backbone))
@@ -125,7 +125,7 @@ def test_pretrained_init_cfg_uses_safe_reporting_loader(tmp_path, caplog):
     from mmengine.logging import MMLogger
 
     from conftest import TINY_ARCH
-    from overlock.mm import OverLoCKBackbone
+    from overlock_mm import OverLoCKBackbone
     src = OverLoCKBackbone(arch=TINY_ARCH)
     ckpt = tmp_path / 'det.pth'
     torch.save({'state_dict': {'backbone.' + k: v
@@ -146,7 +146,7 @@ def test_pretrained_init_cfg_uses_safe_reporting_loader(tmp_path, caplog):
 
 
 def test_eval_flag_mapping():
-    from overlock.mm import apply_eval_metrics
+    from overlock_mm.runtime import apply_eval_metrics
     det = Config.fromfile(os.path.join(
         ROOT, 'configs', 'mask_rcnn_overlock_t_fpn_1x_coco.py'))
     apply_eval_metrics(det, ['bbox', 'segm', 'proposal'])

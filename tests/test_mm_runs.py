@@ -132,9 +132,9 @@ def test_dist_train_and_test_two_cpu_processes(toy):
 
 
 def _load_mm_ckpt(path):
-    from overlock.mm import allow_mmengine_checkpoints
-    allow_mmengine_checkpoints()
-    return torch.load(path, map_location='cpu', weights_only=True)
+    from overlock_mm.runtime import mmengine_checkpoints
+    with mmengine_checkpoints():
+        return torch.load(path, map_location='cpu', weights_only=True)
 
 
 def test_kill_and_resume(toy):

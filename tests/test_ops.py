@@ -7,10 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import overlock
 import overlock.ops as ops
-from overlock.ops import (LargeKernelDWConv2d, contmix_aggregate,
+from overlock.layers import LargeKernelDWConv2d
+from overlock.ops import (accelerators, contmix_aggregate,
                           contmix_aggregate_reference, neighborhood_bias_index,
                           neighborhood_starts)
+from overlock.ops.cpu import is_channels_last
+from overlock.ops.dwconv import _conv_forward, _DepthwiseConvCPU
 
 DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
 
@@ -90,12 +94,9 @@ def test_aggregate_gradcheck_float64(device):
                     requires_grad=True)
     v = torch.randn(1, 2, 6, 7, 3, dtype=torch.float64, device=device,
                     requires_grad=True)
-    ops.set_accelerators(natten=False)
-    try:
+    with overlock.options(natten=False):
         assert torch.autograd.gradcheck(
-            lambda a, v: ops._ContMixAggregate.apply(a, v, 3), (a, v))
-    finally:
-        ops.set_accelerators(natten=True)
+            lambda a, v: torch.ops.overlock.contmix_aggregate(a, v, 3), (a, v))
 
 
 def test_aggregate_rejects_bad_shapes():
@@ -111,10 +112,10 @@ def test_aggregate_rejects_bad_shapes():
 
 @pytest.fixture
 def fresh_accelerators(monkeypatch):
-    monkeypatch.setattr(ops, '_natten_av', None)
-    monkeypatch.setattr(ops, '_igemm_mod', None)
-    yield
-    ops.set_accelerators(natten=True, igemm=True)
+    monkeypatch.setattr(accelerators, '_natten_av', None)
+    monkeypatch.setattr(accelerators, '_igemm', None)
+    with overlock.options(natten=True, igemm=True):
+        yield
 
 
 def test_new_natten_without_na2d_av_is_skipped(monkeypatch, caplog,
@@ -124,9 +125,9 @@ def test_new_natten_without_na2d_av_is_skipped(monkeypatch, caplog,
     fake.functional = types.ModuleType('natten.functional')  # no na2d_av
     monkeypatch.setitem(sys.modules, 'natten', fake)
     monkeypatch.setitem(sys.modules, 'natten.functional', fake.functional)
-    with caplog.at_level(logging.INFO, logger='overlock.ops'):
-        assert ops._load_natten() is False
-        assert ops._load_natten() is False  # looked up once
+    with caplog.at_level(logging.INFO, logger='overlock.ops.accelerators'):
+        assert accelerators.natten_av() is None
+        assert accelerators.natten_av() is None  # looked up once
     lines = [r for r in caplog.records if 'natten' in r.getMessage()]
     assert len(lines) == 1 and '0.21.0' in lines[0].getMessage()
     assert ops.accelerator_status()['natten'] is False
@@ -145,7 +146,7 @@ def test_natten_017_is_used_for_cuda_only(monkeypatch, fresh_accelerators):
     fake.functional.na2d_av = na2d_av
     monkeypatch.setitem(sys.modules, 'natten', fake)
     monkeypatch.setitem(sys.modules, 'natten.functional', fake.functional)
-    assert ops._load_natten() is na2d_av
+    assert accelerators.natten_av() is na2d_av
     # CPU tensors never go to natten
     contmix_aggregate(torch.rand(1, 1, 5, 5, 9), torch.rand(1, 1, 5, 5, 2), 3)
     assert calls == []
@@ -161,7 +162,7 @@ def test_large_kernel_conv_is_a_plain_conv_on_cpu(monkeypatch,
     x = torch.randn(2, 8, 15, 17)
     want = F.conv2d(x, conv.weight, conv.bias, padding=6, groups=8)
     torch.testing.assert_close(conv(x), want)
-    assert ops._igemm_mod is None  # nothing imported for CPU tensors
+    assert accelerators._igemm is None  # nothing imported for CPU tensors
 
 
 @pytest.mark.parametrize('mode', ['auto', 'cf', 'cl', 'aten'])
@@ -174,16 +175,13 @@ def test_depthwise_conv_matches_conv2d(mode, k, dilation):
     b0 = torch.randn(6)
     gy = torch.randn(2, 6, 19, 23)
     results = []
-    ops.set_cpu_conv_mode(mode)
-    try:
+    with overlock.options(cpu_conv=mode):
         for fn in (ops.depthwise_conv2d,
                    lambda x, w, b, p, d: F.conv2d(x, w, b, 1, p, d, 6)):
             x, w, b = (t.clone().requires_grad_(True) for t in (x0, w0, b0))
             y = fn(x, w, b, pad, dilation)
             y.backward(gy)
             results.append((y.detach(), x.grad, w.grad, b.grad))
-    finally:
-        ops.set_cpu_conv_mode('auto')
     for a, b in zip(*results):
         # relative to the tensor's scale: the weight gradient sums ~900
         # products in another order
@@ -196,17 +194,14 @@ def test_depthwise_conv_gradcheck_float64(mode):
     x = torch.randn(2, 3, 9, 8, dtype=torch.float64, requires_grad=True)
     w = torch.randn(3, 1, 5, 5, dtype=torch.float64, requires_grad=True)
     b = torch.randn(3, dtype=torch.float64, requires_grad=True)
-    ops.set_cpu_conv_mode(mode)
-    try:
+    with overlock.options(cpu_conv=mode):
         assert torch.autograd.gradcheck(
-            lambda x, w, b: ops._DepthwiseConvCPU.apply(x, w, b, 4, 2),
+            lambda x, w, b: _DepthwiseConvCPU.apply(x, w, b, 4, 2),
             (x, w, b))
-    finally:
-        ops.set_cpu_conv_mode('auto')
 
 
 def test_cpu_conv_mode_validation():
-    with pytest.raises(ValueError, match="'auto', 'cf', 'cl' or 'aten'"):
+    with pytest.raises(ValueError, match=r"cpu_conv must be one of \('auto', 'cf', 'cl', 'aten'\)"):
         ops.set_cpu_conv_mode('fast')
 
 
@@ -221,7 +216,7 @@ def test_depthwise_conv_plans_equal_conv2d(plan, channels_last_input):
     if channels_last_input:
         x = x.contiguous(memory_format=torch.channels_last)
     w, b = torch.randn(6, 1, 9, 9), torch.randn(6)
-    y = ops._conv_forward(x, w, b, 8, 2, plan)
+    y = _conv_forward(x, w, b, 8, 2, plan)
     torch.testing.assert_close(y, F.conv2d(x, w, b, 1, 8, 2, 6), rtol=1e-5,
                                atol=1e-5)
-    assert ops._is_channels_last(y) == channels_last_input
+    assert is_channels_last(y) == channels_last_input

@@ -19,8 +19,8 @@ from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
-from overlock.mm import (EVAL_METRICS, allow_mmengine_checkpoints,  # noqa
-                         apply_eval_metrics, prepare_runtime)
+from overlock_mm.runtime import (EVAL_METRICS, apply_eval_metrics,  # noqa
+                                 mmengine_checkpoints, prepare_runtime)
 
 
 def parse_args(argv=None):
@@ -88,7 +88,6 @@ def main(argv=None):
         cfg.test_evaluator['output_dir'] = args.out
         cfg.test_evaluator['keep_results'] = True
 
-    allow_mmengine_checkpoints()
     prepare_runtime(cfg, args.launcher)
     runner = RUNNERS.build(cfg) if 'runner_type' in cfg \
         else Runner.from_cfg(cfg)
@@ -98,7 +97,8 @@ def main(argv=None):
             raise ValueError('--out must be a .pkl or .pickle file')
         runner.test_evaluator.metrics.append(
             DumpDetResults(out_file_path=args.out))
-    runner.test()
+    with mmengine_checkpoints():
+        runner.test()
 
 
 if __name__ == '__main__':

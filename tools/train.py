@@ -21,7 +21,7 @@ from mmengine.logging import print_log  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
-from overlock.mm import allow_mmengine_checkpoints, prepare_runtime  # noqa
+from overlock_mm.runtime import mmengine_checkpoints, prepare_runtime  # noqa
 
 
 def parse_args(argv=None):
@@ -85,11 +85,11 @@ def main(argv=None):
     if args.no_validate:
         cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
 
-    allow_mmengine_checkpoints()
     prepare_runtime(cfg, args.launcher)
     runner = RUNNERS.build(cfg) if 'runner_type' in cfg \
         else Runner.from_cfg(cfg)
-    runner.train()
+    with mmengine_checkpoints():
+        runner.train()
 
 
 if __name__ == '__main__':

@@ -54,13 +54,13 @@ def _rss_mb():
 def build(impl, arch, flavour, device):
     import torch
 
+    import overlock
     from overlock import OverLoCK
-    from overlock import ops
     naive = impl.startswith('naive')
     model = OverLoCK(arch, fuse_overview=flavour == 'detection',
                      selective_cp=not naive)
     if naive:
-        ops.set_reference_mode(True)
+        overlock.set_options(reference=True)
     if impl.endswith('deploy'):
         model.eval().reparameterize()
     model.to(device)

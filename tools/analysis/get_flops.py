@@ -7,14 +7,13 @@
     python tools/analysis/get_flops.py --config configs/upernet_overlock_t_512x512_160k_ade20k.py --shape 512 512
 
 FLOPs are counted with ``torch.utils.flop_counter`` (convolutions, matrix
-products) and reported as multiply-adds (GMACs, the unit of the paper's
-"FLOPs"). The ContMix aggregation is a custom op that the counter cannot see:
-it is added analytically, ``B*H*W*C*K*K`` multiply-adds per call, and shown
-in its own column. Element-wise ops (norms, activations) are not counted, as
-in fvcore/mmcv.
+products, and the ContMix aggregation through the FLOP formula of its custom
+op, ``B*H*W*C*K*K`` multiply-adds per call, shown in its own column) and
+reported as multiply-adds (GMACs, the unit of the paper's "FLOPs").
+Element-wise ops (norms, activations) are not counted, as in fvcore/mmcv.
 """
 import argparse
-import contextlib
+import copy
 import os.path as osp
 import sys
 
@@ -26,47 +25,30 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 PAPER_GFLOPS = {'xt': 2.6, 't': 5.5, 's': 9.7, 'b': 16.7}
 
 
-@contextlib.contextmanager
-def count_contmix():
-    """Record the multiply-adds of every ContMix aggregation call."""
-    import overlock.model as model_mod
-    original = model_mod.contmix_aggregate
-    macs = [0]
+def count(model, fn):
+    """(counted GMACs without ContMix, ContMix GMACs) of ``fn(m)``, where
+    ``m`` is a copy of ``model`` in its inference form (every OverLoCK in it
+    re-parameterised: the dilated branches merged into the large kernels).
 
-    def counted(attn, value, kernel_size):
-        b, g, h, w, c = value.shape
-        macs[0] += b * g * h * w * c * kernel_size * kernel_size
-        return original(attn, value, kernel_size)
-
-    model_mod.contmix_aggregate = counted
-    try:
-        yield macs
-    finally:
-        model_mod.contmix_aggregate = original
-
-
-def count(fn):
-    """(counted GMACs, ContMix GMACs) of ``fn()``."""
-    from overlock import model as model_mod
-    from overlock import ops
-    # the plain layers (the fused inference path computes the same with
-    # oneDNN post-ops that the counter does not see), plain convolutions
-    # (the CPU layout auto-tuning would be counted too) and the slice
-    # aggregation (the band one would count its GEMMs on top of the
-    # analytic ContMix count)
-    before = (ops._cpu_conv_mode, ops._agg_mode, model_mod._fast_inference)
-    ops.set_cpu_conv_mode('aten')
-    ops.set_contmix_mode('slices')
-    model_mod.set_fast_inference(False)
-    try:
-        with count_contmix() as agg, FlopCounterMode(display=False) as fc:
-            with torch.no_grad():
-                fn()
-    finally:
-        ops.set_cpu_conv_mode(before[0])
-        ops.set_contmix_mode(before[1])
-        model_mod.set_fast_inference(before[2])
-    return fc.get_total_flops() / 2e9, agg[0] / 1e9
+    The ContMix aggregation is the custom op ``overlock::contmix_aggregate``
+    whose FLOP formula (``B*H*W*C*K*K`` multiply-adds) is registered with
+    ``torch.utils.flop_counter``, so the counter sees it as one op. The model
+    runs its plain layers (the fused inference path computes the same with
+    oneDNN post-ops that the counter does not see) and plain convolutions
+    (the CPU layout auto-tuning would be counted too).
+    """
+    import overlock
+    model = copy.deepcopy(model).eval()
+    for m in model.modules():
+        if isinstance(m, overlock.OverLoCK):
+            m.reparameterize()
+    contmix = torch.ops.overlock.contmix_aggregate
+    with overlock.options(cpu_conv='aten', fast_inference=False), \
+            FlopCounterMode(display=False) as fc, torch.no_grad():
+        fn(model)
+    total = fc.get_total_flops()
+    agg = fc.get_flop_counts()['Global'].get(contmix, 0)
+    return (total - agg) / 2e9, agg / 2e9
 
 
 def params(m):
@@ -82,14 +64,14 @@ def backbones(archs, size):
         for name, kw in (('detection backbone', dict(fuse_overview=True)),
                          ('segmentation backbone', dict(fuse_overview=False))):
             m = OverLoCK(arch, **kw).eval()
-            g, a = count(lambda: m(x))
+            g, a = count(m, lambda m: m(x))
             print(f'OverLoCK-{arch.upper():<3}{name:<25}{params(m):>11.2f}'
                   f'{g:>9.2f}{a:>9.3f}{g + a:>9.2f}{"":>7}')
         x224 = torch.randn(1, 3, 224, 224)
         for name, deploy in (('classifier 224', False),
                              ('classifier 224 reparam', True)):
             m = OverLoCK(arch, num_classes=1000, deploy=deploy).eval()
-            g, a = count(lambda: m(x224))
+            g, a = count(m, lambda m: m(x224))
             print(f'OverLoCK-{arch.upper():<3}{name:<25}{params(m):>11.2f}'
                   f'{g:>9.2f}{a:>9.3f}{g + a:>9.2f}'
                   f'{PAPER_GFLOPS[arch]:>7.1f}')
@@ -98,7 +80,7 @@ def backbones(archs, size):
 def from_config(path, shape):
     from mmengine.config import Config
 
-    from overlock.mm import build_model
+    from overlock_mm.runtime import build_model
     cfg = Config.fromfile(path)
     scope = cfg.get('default_scope', 'mmdet')
     model = build_model(cfg).eval()
@@ -106,14 +88,14 @@ def from_config(path, shape):
         from mmdet.structures import DetDataSample
     h, w = shape
     x = torch.randn(1, 3, h, w)
-    bb_g, bb_a = count(lambda: model.backbone(x))
+    bb_g, bb_a = count(model.backbone, lambda m: m(x))
     if scope == 'mmdet':
         sample = DetDataSample(metainfo=dict(
             img_shape=(h, w), pad_shape=(h, w), ori_shape=(h, w),
             scale_factor=(1., 1.), batch_input_shape=(h, w)))
-        g, a = count(lambda: model.predict(x, [sample]))
+        g, a = count(model, lambda m: m.predict(x, [sample]))
     else:
-        g, a = count(lambda: model._forward(x))
+        g, a = count(model, lambda m: m._forward(x))
     print(f'{osp.basename(path)} at {h}x{w}')
     print(f'  backbone: {params(model.backbone):.2f} M params, '
           f'{bb_g + bb_a:.1f} GMACs (ContMix {bb_a:.2f})')

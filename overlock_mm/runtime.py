@@ -1,63 +1,24 @@
-"""mmengine adapter of :class:`overlock.OverLoCK` (imported by
-``mmdet_overlock`` and ``mmseg_overlock``; needs mmengine).
-
-The adapter adds mmengine's ``init_cfg`` to the one OverLoCK class:
-``init_cfg=dict(type='Pretrained', checkpoint=PATH_OR_URL)`` goes through
-:func:`overlock.load_checkpoint` (safe ``weights_only`` loading, ``backbone.``
-and ``module.`` prefixes stripped, a report in the mmengine log).
+"""Runtime helpers of ``tools/train.py`` and ``tools/test.py`` (and of the
+tests and ``tools/analysis``): CPU runtime, ``--eval`` metrics, safe resuming,
+config -> model. Needs mmengine; imports mmdet / mmseg only through a
+config's ``custom_imports``, as the mm runner does.
 """
-from typing import Optional, Union
+import contextlib
+import importlib
+import os
 
+import torch
+import torch.distributed as dist
 from mmengine.logging import MMLogger
-from mmengine.model import BaseModule
 
-from .checkpoint import load_checkpoint
-from .model import OverLoCK
+from overlock.checkpoint import safe_globals
 
-__all__ = ['OverLoCKBackbone']
-
-
-class OverLoCKBackbone(OverLoCK, BaseModule):
-    """OverLoCK as an mmengine ``BaseModule``.
-
-    Takes the arguments of :class:`overlock.OverLoCK` plus ``init_cfg``
-    (``None``, or ``dict(type='Pretrained', checkpoint=..., prefix=None)``;
-    other initialisers of mmengine work as usual).
-    """
-
-    def __init__(self, *args, init_cfg: Optional[Union[dict, list]] = None,
-                 **kwargs):
-        super().__init__(*args, **kwargs)
-        self.init_cfg = init_cfg
-
-    def init_weights(self):
-        cfg = self.init_cfg
-        if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
-            logger = MMLogger.get_current_instance()
-            OverLoCK.init_weights(self)
-            prefix = cfg.get('prefix')
-            ckpt = cfg['checkpoint']
-            if prefix:
-                from .checkpoint import _unwrap, safe_load
-                raw = _unwrap(safe_load(ckpt))
-                ckpt = {
-                    k[len(prefix) + 1:]: v
-                    for k, v in raw.items() if k.startswith(prefix + '.')
-                }
-            load_checkpoint(self, ckpt, logger=logger)
-            self._is_init = True
-        elif cfg is None:
-            if not getattr(self, '_is_init', False):
-                OverLoCK.init_weights(self)
-                self._is_init = True
-        else:
-            OverLoCK.init_weights(self)
-            BaseModule.init_weights(self)
+__all__ = [
+    'EVAL_METRICS', 'prepare_runtime', 'apply_eval_metrics', 'build_model',
+    'mmengine_checkpoints'
+]
 
 
-# --------------------------------------------------------------------------
-# Runtime helpers shared by tools/train.py and tools/test.py
-# --------------------------------------------------------------------------
 #: ``--eval`` names of the OpenMMLab 1.x tools, per config scope.
 EVAL_METRICS = {
     'mmdet': ('bbox', 'segm', 'proposal', 'proposal_fast'),
@@ -81,24 +42,32 @@ def _history_buffer_getstate(self) -> dict:
     return state
 
 
-def allow_mmengine_checkpoints() -> None:
-    """Make mmengine's own checkpoints load with ``torch.load(weights_only=
-    True)`` (the default since torch 2.6), so that ``--resume`` works.
+@contextlib.contextmanager
+def mmengine_checkpoints():
+    """Inside the block, mmengine's own checkpoints save and load with
+    ``torch.load(weights_only=True)`` (the default since torch 2.6), so that
+    ``--resume`` works; on exit everything is as before:
 
-    * allowlists the harmless types they carry: mmengine's ``HistoryBuffer``
-      and numpy arrays, scalars and dtypes (see
+    * the harmless types they carry are allowlisted (mmengine's
+      ``HistoryBuffer`` and numpy arrays, scalars and dtypes, see
       :func:`overlock.checkpoint.safe_globals`);
-    * stops mmengine from pickling ``getattr(HistoryBuffer, 'min')`` & co.
-      into new checkpoints (the functions are restored on load anyway).
+    * mmengine stops pickling ``getattr(HistoryBuffer, 'min')`` & co. into
+      new checkpoints (the functions are restored on load anyway).
 
-    Safe loading stays on: anything else is still refused. Idempotent.
+    Safe loading stays on: anything else is still refused.
     """
-    import torch
     from mmengine.logging import HistoryBuffer
-
-    from .checkpoint import safe_globals
-    torch.serialization.add_safe_globals(safe_globals() + [HistoryBuffer])
+    original = HistoryBuffer.__dict__.get('__getstate__')
     HistoryBuffer.__getstate__ = _history_buffer_getstate
+    try:
+        with torch.serialization.safe_globals(safe_globals() +
+                                              [HistoryBuffer]):
+            yield
+    finally:
+        if original is None:
+            del HistoryBuffer.__getstate__
+        else:
+            HistoryBuffer.__getstate__ = original
 
 
 def _replace_sync_bn(obj):
@@ -120,10 +89,6 @@ def prepare_runtime(cfg, launcher: str = 'none') -> None:
     With ``launcher='pytorch'`` on CPU it also initialises the process group
     (gloo), which mmengine would otherwise do with a CUDA-only call.
     """
-    import os
-
-    import torch
-    import torch.distributed as dist
     if torch.cuda.is_available():
         return
     _replace_sync_bn(cfg._cfg_dict if hasattr(cfg, '_cfg_dict') else cfg)
@@ -179,22 +144,21 @@ def apply_eval_metrics(cfg, metrics) -> None:
 
 
 def build_model(cfg, pretrained: bool = False):
-    """Build the detector / segmentor of a config (its scope decides), with
-    the CPU adaptations of :func:`prepare_runtime` and, unless
-    ``pretrained``, without loading the backbone's ImageNet weights."""
+    """Build the detector / segmentor of a config as the mm runner would
+    (its ``custom_imports`` imported, its ``default_scope`` set), with the CPU
+    adaptations of :func:`prepare_runtime` and, unless ``pretrained``,
+    without loading the backbone's ImageNet weights."""
     from mmengine.registry import init_default_scope
+    from mmengine.utils import import_modules_from_strings
     prepare_runtime(cfg)
     if not pretrained:
         cfg.model.backbone.init_cfg = None
+    if cfg.get('custom_imports'):
+        import_modules_from_strings(**cfg.custom_imports)
     scope = cfg.get('default_scope', 'mmdet')
-    init_default_scope(scope)
-    if scope == 'mmdet':
-        import mmdet_overlock  # noqa: F401
-        from mmdet.registry import MODELS
-    elif scope == 'mmseg':
-        import mmseg_overlock  # noqa: F401
-        from mmseg.registry import MODELS
-    else:
+    if scope not in EVAL_METRICS:
         raise ValueError(f'expected an mmdet or mmseg config, got '
                          f'default_scope={scope!r}')
-    return MODELS.build(cfg.model)
+    init_default_scope(scope)
+    registry = importlib.import_module(f'{scope}.registry')
+    return registry.MODELS.build(cfg.model)

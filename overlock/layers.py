@@ -1,0 +1,381 @@
+"""Layers of OverLoCK, and the named views of upstream's ``nn.Sequential``s.
+
+Upstream keeps several groups of layers in ``nn.Sequential`` containers, so
+their positions are part of the checkpoint keys (``proj.4.weight``). Each
+such group is declared here once, as a ``NamedTuple`` whose field order *is*
+the order in the container: ``GRNMlp(*block.mlp)`` names the positions, and
+``GRNMlp.build(...)`` creates the layers in that order. The plain forward,
+the recomputation segments and the fused inference path all use the names.
+"""
+from typing import List, NamedTuple, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import settings
+from .ops.cpu import spatial_l2_norm
+from .ops.dwconv import depthwise_conv2d, dilate_kernel
+from .reparam import cached, fuse_conv_bn, use_folded, with_identity
+
+try:  # timm >= 0.9
+    from timm.layers import DropPath
+except ImportError:  # pragma: no cover
+    from timm.models.layers import DropPath
+
+__all__ = [
+    'LayerNorm2d', 'LayerScale', 'GRN', 'SEModule', 'ResDWConv', 'DWConv2d',
+    'LargeKernelDWConv2d', 'DilatedReparamBlock', 'DILATED_BRANCHES',
+    'DropPath', 'conv_bn', 'make_stem', 'GRNMlp', 'RepConvProj', 'Fusion',
+    'ConvBN', 'BNConv', 'ConvBNAct', 'LargeKernelBN'
+]
+
+#: ``kernel size -> ((branch kernel, dilation), ...)`` of the dilated
+#: re-parameterisable branches (UniRepLKNet's defaults, as used upstream).
+DILATED_BRANCHES = {
+    19: ((5, 1), (7, 1), (9, 1), (9, 2), (3, 4), (3, 5), (3, 7)),
+    17: ((5, 1), (7, 1), (9, 2), (3, 4), (3, 5), (3, 7)),
+    15: ((5, 1), (7, 1), (7, 2), (3, 3), (3, 5), (3, 7)),
+    13: ((5, 1), (7, 1), (7, 2), (3, 3), (3, 4), (3, 5)),
+    11: ((5, 1), (7, 1), (5, 2), (3, 3), (3, 4), (3, 5)),
+    9: ((5, 1), (7, 1), (5, 2), (3, 3), (3, 4)),
+    7: ((5, 1), (3, 1), (3, 2), (3, 3)),
+    5: ((3, 1), (3, 2)),
+}
+
+
+# --------------------------------------------------------------------------
+# Small layers
+# --------------------------------------------------------------------------
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of an ``(N, C, H, W)`` tensor."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__(dim, eps=eps)
+
+    def forward(self, x):
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias,
+                         self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class LayerScale(nn.Module):
+    """Per-channel scale and shift (stored as a grouped 1x1 convolution)."""
+
+    def __init__(self, dim: int, init_value: float = 1e-5):
+        super().__init__()
+        self.init_value = init_value
+        self.weight = nn.Parameter(torch.full((dim, 1, 1, 1), float(init_value)))
+        self.bias = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x):
+        return torch.addcmul(
+            self.bias.view(1, -1, 1, 1), x, self.weight.view(1, -1, 1, 1))
+
+
+class GRN(nn.Module):
+    """Global Response Normalisation (ConvNeXt V2) for ``(N, C, H, W)``."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.zeros(1, dim, 1, 1))
+        self.beta = nn.Parameter(torch.zeros(1, dim, 1, 1))
+
+    def scale(self, x):
+        """The per-sample, per-channel factor: ``GRN(x) = x * scale + beta``."""
+        gx = spatial_l2_norm(x)
+        nx = gx / (gx.mean(dim=1, keepdim=True) + 1e-6)
+        return torch.addcmul(torch.ones_like(self.gamma), self.gamma, nx)
+
+    def forward(self, x):
+        if settings.reference:  # as the official code
+            gx = torch.norm(x, p=2, dim=(2, 3), keepdim=True)
+            nx = gx / (gx.mean(dim=1, keepdim=True) + 1e-6)
+            return x + self.beta + self.gamma * nx * x
+        # x + beta + gamma * nx * x, in one pass over x
+        return torch.addcmul(self.beta, x, self.scale(x))
+
+
+class SEModule(nn.Module):
+    """Squeeze-and-excitation with a sigmoid gate."""
+
+    def __init__(self, dim: int, reduction: int = 8):
+        super().__init__()
+        hidden = max(16, dim // reduction)
+        self.proj = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(dim, hidden, 1),
+            nn.GELU(),
+            nn.Conv2d(hidden, dim, 1),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, x):
+        return x * self.proj(x)
+
+
+class DWConv2d(nn.Conv2d):
+    """Stride-1 depthwise convolution with "same" padding and optional
+    dilation, running through :func:`~overlock.ops.depthwise_conv2d`. Same
+    parameters as :class:`torch.nn.Conv2d`."""
+
+    def __init__(self, channels: int, kernel_size: int, dilation: int = 1,
+                 bias: bool = True):
+        super().__init__(channels, channels, kernel_size, 1,
+                         dilation * (kernel_size - 1) // 2, dilation, channels,
+                         bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return depthwise_conv2d(x, self.weight, self.bias, self.padding[0],
+                                self.dilation[0])
+
+
+class ResDWConv(DWConv2d):
+    """``x + DWConv(x)`` (3x3)."""
+
+    def __init__(self, dim: int, kernel_size: int = 3):
+        super().__init__(dim, kernel_size)
+
+    def fused_weight(self) -> torch.Tensor:
+        """The kernel with the identity shortcut in its centre tap:
+        ``x + DWConv(x)`` is one convolution."""
+        return with_identity(self.weight)
+
+    def forward(self, x):
+        if settings.reference:  # as the official code
+            return x + super().forward(x)
+        return depthwise_conv2d(x, self.fused_weight(), self.bias,
+                                self.padding[0])
+
+
+class LargeKernelDWConv2d(DWConv2d):
+    """Depthwise ``K x K`` convolution, stride 1, "same" padding: a plain
+    :class:`torch.nn.Conv2d` (same parameters and keys) that may use
+    ``depthwise_conv2d_implicit_gemm`` on CUDA."""
+
+    def __init__(self, channels: int, kernel_size: int, bias: bool = False):
+        super().__init__(channels, kernel_size, bias=bias)
+
+    def conv(self, x, weight, bias):
+        """This convolution with other weights (folded ones)."""
+        return depthwise_conv2d(x, weight, bias, self.padding[0],
+                                large_kernel=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x, self.weight, self.bias)
+
+
+def conv_bn(in_dim: int, out_dim: int, stride: int = 2) -> nn.Sequential:
+    """3x3 convolution (no bias) + BatchNorm: the downsampling layers."""
+    return nn.Sequential(
+        nn.Conv2d(in_dim, out_dim, 3, stride, 1, bias=False),
+        nn.BatchNorm2d(out_dim))
+
+
+def make_stem(in_channels: int, dim: int) -> nn.Sequential:
+    """``patch_embed1``: four 3x3 convolutions + BN (GELU between),
+    stride 4."""
+    half = dim // 2
+    return nn.Sequential(
+        nn.Conv2d(in_channels, half, 3, 2, 1, bias=False),
+        nn.BatchNorm2d(half),
+        nn.GELU(),
+        nn.Conv2d(half, half, 3, 1, 1, bias=False),
+        nn.BatchNorm2d(half),
+        nn.GELU(),
+        nn.Conv2d(half, dim, 3, 2, 1, bias=False),
+        nn.BatchNorm2d(dim),
+        nn.GELU(),
+        nn.Conv2d(dim, dim, 3, 1, 1, bias=False),
+        nn.BatchNorm2d(dim),
+    )
+
+
+# --------------------------------------------------------------------------
+# Dilated re-parameterisable large kernel
+# --------------------------------------------------------------------------
+class DilatedReparamBlock(nn.Module):
+    """Large-kernel depthwise conv + BN, with parallel dilated small-kernel
+    branches (UniRepLKNet) that :meth:`reparameterize` folds into one kernel.
+
+    In inference (see :func:`~overlock.reparam.use_folded`) it runs the
+    merged kernel, cached until a weight or statistic changes.
+    """
+
+    def __init__(self, channels: int, kernel_size: int, deploy: bool = False):
+        super().__init__()
+        if kernel_size not in DILATED_BRANCHES:
+            raise ValueError(
+                f'kernel size {kernel_size} has no dilated re-param branches; '
+                f'use one of {sorted(DILATED_BRANCHES)}')
+        self.kernel_size = kernel_size
+        self.branches = DILATED_BRANCHES[kernel_size]
+        self.lk_origin = LargeKernelDWConv2d(channels, kernel_size, bias=deploy)
+        self.deploy = deploy
+        if not deploy:
+            self.origin_bn = nn.BatchNorm2d(channels)
+            for k, r in self.branches:
+                self.add_module(f'dil_conv_k{k}_{r}',
+                                DWConv2d(channels, k, dilation=r, bias=False))
+                self.add_module(f'dil_bn_k{k}_{r}', nn.BatchNorm2d(channels))
+
+    def _branch_layers(self):
+        for k, r in self.branches:
+            yield r, getattr(self, f'dil_conv_k{k}_{r}'), \
+                getattr(self, f'dil_bn_k{k}_{r}')
+
+    def forward(self, x):
+        if self.deploy:
+            return self.lk_origin(x)
+        if use_folded(self):
+            return self.lk_origin.conv(x, *cached(self, self._merge))
+        out = self.origin_bn(self.lk_origin(x))
+        for _, conv, bn in self._branch_layers():
+            out = out + bn(conv(x))
+        return out
+
+    def _merge(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        weight, bias = fuse_conv_bn(self.lk_origin.weight, None,
+                                    self.origin_bn)
+        for r, conv, bn in self._branch_layers():
+            w, b = fuse_conv_bn(conv.weight, None, bn)
+            w = dilate_kernel(w, r)
+            pad = (self.kernel_size - w.shape[-1]) // 2
+            weight = weight + F.pad(w, [pad] * 4)
+            bias = bias + b
+        return weight, bias
+
+    def merged_kernel(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Weight and bias of the single convolution equal to this block in
+        eval mode."""
+        if self.deploy:
+            return self.lk_origin.weight, self.lk_origin.bias
+        return self._merge()
+
+    def merged_kernel_bn(self, bn: nn.BatchNorm2d):
+        """:meth:`merged_kernel` with a following eval-mode BN folded in."""
+        return fuse_conv_bn(*self.merged_kernel(), bn)
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Fold the BNs and dilated branches into ``lk_origin`` (in place)."""
+        if self.deploy:
+            return
+        weight, bias = self._merge()
+        merged = LargeKernelDWConv2d(
+            weight.shape[0], self.kernel_size, bias=True).to(weight)
+        merged.weight.copy_(weight)
+        merged.bias.copy_(bias)
+        self.lk_origin = merged
+        del self.origin_bn
+        for k, r in self.branches:
+            delattr(self, f'dil_conv_k{k}_{r}')
+            delattr(self, f'dil_bn_k{k}_{r}')
+        self.__dict__.pop('_fused_cache', None)
+        self.deploy = True
+
+
+# --------------------------------------------------------------------------
+# Named views of upstream's nn.Sequential groups
+# --------------------------------------------------------------------------
+class GRNMlp(NamedTuple):
+    """``conv1x1 -> GELU -> ResDWConv -> GRN -> conv1x1`` (the MLP of both
+    blocks: ``RepConvBlock.proj[4:9]``, ``DynamicConvBlock.mlp``)."""
+    fc1: nn.Conv2d
+    act: nn.GELU
+    dwconv: ResDWConv
+    grn: GRN
+    fc2: nn.Conv2d
+
+    @staticmethod
+    def build(dim: int, hidden: int) -> List[nn.Module]:
+        return [nn.Conv2d(dim, hidden, 1), nn.GELU(), ResDWConv(hidden, 3),
+                GRN(hidden), nn.Conv2d(hidden, dim, 1)]
+
+
+class RepConvProj(NamedTuple):
+    """``RepConvBlock.proj``: LN -> large kernel -> BN -> SE, the GRN MLP,
+    DropPath."""
+    norm: LayerNorm2d
+    large_kernel: DilatedReparamBlock
+    lk_bn: nn.BatchNorm2d
+    se: SEModule
+    fc1: nn.Conv2d
+    act: nn.GELU
+    dwconv: ResDWConv
+    grn: GRN
+    fc2: nn.Conv2d
+    drop_path: nn.Module
+
+    @property
+    def mlp(self) -> GRNMlp:
+        return GRNMlp(*self[4:9])
+
+    @staticmethod
+    def build(dim: int, hidden: int, kernel_size: int, drop_path: float,
+              deploy: bool) -> List[nn.Module]:
+        return [LayerNorm2d(dim),
+                DilatedReparamBlock(dim, kernel_size, deploy=deploy),
+                nn.BatchNorm2d(dim), SEModule(dim),
+                *GRNMlp.build(dim, hidden),
+                DropPath(drop_path) if drop_path > 0 else nn.Identity()]
+
+
+class Fusion(NamedTuple):
+    """``DynamicConvBlock.fusion``: depthwise 3x3 -> BN -> GELU -> 1x1 ->
+    GRN."""
+    dwconv: DWConv2d
+    bn: nn.BatchNorm2d
+    act: nn.GELU
+    fc: nn.Conv2d
+    grn: GRN
+
+    @staticmethod
+    def build(in_dim: int, out_dim: int) -> List[nn.Module]:
+        return [DWConv2d(in_dim, 3), nn.BatchNorm2d(in_dim), nn.GELU(),
+                nn.Conv2d(in_dim, out_dim, 1), GRN(out_dim)]
+
+
+class ConvBN(NamedTuple):
+    """1x1 convolution (no bias) -> BN (``weight_query``,
+    ``dyconv_proj``)."""
+    conv: nn.Conv2d
+    bn: nn.BatchNorm2d
+
+    @staticmethod
+    def build(in_dim: int, out_dim: int) -> List[nn.Module]:
+        return [nn.Conv2d(in_dim, out_dim, 1, bias=False),
+                nn.BatchNorm2d(out_dim)]
+
+
+class ConvBNAct(NamedTuple):
+    """1x1 convolution (no bias) -> BN -> SiLU (``gate``)."""
+    conv: nn.Conv2d
+    bn: nn.BatchNorm2d
+    act: nn.SiLU
+
+    @staticmethod
+    def build(dim: int) -> List[nn.Module]:
+        return [*ConvBN.build(dim, dim), nn.SiLU()]
+
+
+class BNConv(NamedTuple):
+    """BN -> 1x1 convolution (``DynamicConvBlock.proj``)."""
+    bn: nn.BatchNorm2d
+    conv: nn.Conv2d
+
+    @staticmethod
+    def build(in_dim: int, out_dim: int) -> List[nn.Module]:
+        return [nn.BatchNorm2d(in_dim), nn.Conv2d(in_dim, out_dim, 1)]
+
+
+class LargeKernelBN(NamedTuple):
+    """Dilated re-param large kernel -> BN (``lepe``)."""
+    large_kernel: DilatedReparamBlock
+    bn: nn.BatchNorm2d
+
+    @staticmethod
+    def build(dim: int, kernel_size: int, deploy: bool) -> List[nn.Module]:
+        return [DilatedReparamBlock(dim, kernel_size, deploy=deploy),
+                nn.BatchNorm2d(dim)]

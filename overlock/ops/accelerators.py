@@ -1,0 +1,88 @@
+"""Optional CUDA accelerators, imported lazily on first use.
+
+* ``natten`` 0.17.x provides ``natten.functional.na2d_av`` (the ContMix
+  aggregation); natten >= 0.20 removed it and is recognised and skipped with
+  one log line;
+* ``depthwise_conv2d_implicit_gemm`` (from RepLKNet / UniRepLKNet) provides
+  implicit-GEMM large-kernel depthwise convolutions.
+
+Neither is needed: the PyTorch paths give the same numbers. The switches
+``natten`` and ``igemm`` of :mod:`overlock.config` allow or forbid them.
+"""
+import logging
+
+from ..config import settings
+
+logger = logging.getLogger(__name__)
+
+__all__ = ['natten_av', 'igemm_functions', 'accelerator_status']
+
+# ``None``: not looked up yet, ``False``: unavailable.
+_natten_av = None
+_igemm = None
+
+
+def natten_av():
+    """``natten.functional.na2d_av`` if natten 0.17.x is installed and the
+    ``natten`` switch allows it, else ``None``."""
+    global _natten_av
+    if not settings.natten:
+        return None
+    if _natten_av is None:
+        try:
+            import natten
+            from natten import functional as natten_functional
+        except ImportError:
+            _natten_av = False
+            logger.info('natten is not installed: ContMix aggregation uses '
+                        'the PyTorch implementation.')
+            return None
+        fn = getattr(natten_functional, 'na2d_av', None)
+        version = getattr(natten, '__version__', '?')
+        if fn is None:
+            _natten_av = False
+            logger.info(
+                'natten %s has no na2d_av (removed in natten 0.20); ContMix '
+                'aggregation uses the PyTorch implementation. Install '
+                'natten 0.17.x to use its CUDA kernels.', version)
+        else:
+            _natten_av = fn
+            logger.info('ContMix aggregation uses natten %s na2d_av on CUDA.',
+                        version)
+    return _natten_av or None
+
+
+def igemm_functions():
+    """``(fp32, fp16)`` autograd functions of
+    ``depthwise_conv2d_implicit_gemm`` if installed and allowed by the
+    ``igemm`` switch, else ``None``."""
+    global _igemm
+    if not settings.igemm:
+        return None
+    if _igemm is None:
+        try:
+            import depthwise_conv2d_implicit_gemm as mod
+            fp32 = getattr(mod, '_DepthWiseConv2dImplicitGEMMFP32')
+            fp16 = getattr(mod, '_DepthWiseConv2dImplicitGEMMFP16')
+        except (ImportError, AttributeError):
+            _igemm = False
+            logger.info('depthwise_conv2d_implicit_gemm is not available: '
+                        'large-kernel depthwise convolutions use '
+                        'torch.nn.functional.conv2d.')
+        else:
+            _igemm = (fp32, fp16)
+            logger.info('large-kernel depthwise convolutions use '
+                        'depthwise_conv2d_implicit_gemm on CUDA.')
+    return _igemm or None
+
+
+def accelerator_status() -> dict:
+    """Which accelerators are installed and allowed (imports them)."""
+    return dict(natten=natten_av() is not None,
+                igemm=igemm_functions() is not None)
+
+
+def _forget() -> None:
+    """Look the accelerators up again on next use (tests)."""
+    global _natten_av, _igemm
+    _natten_av = _igemm = None

@@ -1,0 +1,68 @@
+"""Choose the fastest of several equivalent implementations, once per shape.
+
+Several CPU kernels of OverLoCK have two or more implementations that give
+the same numbers but whose speed depends on the shape (the ContMix
+aggregation: *band* or *slices*; depthwise convolutions: memory layout and
+dilated or dense kernels). An :class:`AutoTuner` times each candidate the
+first time a key (shape, dtype, thread count, ...) is seen and remembers the
+winner in a bounded least-recently-used cache.
+"""
+import collections
+import logging
+import time
+from typing import Callable, Hashable, Sequence, Tuple
+
+logger = logging.getLogger(__name__)
+
+__all__ = ['AutoTuner', 'time_once']
+
+
+def time_once(fn: Callable[[], object], repeats: int = 2) -> float:
+    """Best wall time of ``repeats`` calls of ``fn`` after one warm-up."""
+    fn()
+    best = float('inf')
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+class AutoTuner:
+    """Per-key choice among candidates, timed once per key.
+
+    Args:
+        name (str): Shown in the debug log lines.
+        maxsize (int): Keys remembered (least recently used dropped first).
+            Defaults to 512.
+    """
+
+    def __init__(self, name: str, maxsize: int = 512):
+        self.name = name
+        self.maxsize = maxsize
+        self._cache: 'collections.OrderedDict' = collections.OrderedDict()
+
+    def choose(self, key: Hashable,
+               candidates: Sequence[Tuple[Hashable, Callable[[], object]]]):
+        """The label of the fastest ``(label, fn)`` candidate for ``key``
+        (each ``fn`` is timed on the first call for a key only)."""
+        choice = self._cache.get(key)
+        if choice is not None:
+            self._cache.move_to_end(key)
+            return choice
+        times = [time_once(fn) for _, fn in candidates]
+        choice = candidates[times.index(min(times))][0]
+        self._cache[key] = choice
+        if len(self._cache) > self.maxsize:
+            self._cache.popitem(last=False)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug('%s %s: %s -> %s', self.name, key, ', '.join(
+                f'{label} {t * 1e3:.2f} ms'
+                for (label, _), t in zip(candidates, times)), choice)
+        return choice
+
+    def clear(self) -> None:
+        self._cache.clear()
+
+    def __len__(self) -> int:
+        return len(self._cache)

@@ -1,0 +1,171 @@
+"""Stride-1 depthwise convolutions with "same" padding: one dispatch point,
+:func:`depthwise_conv2d`, for every depthwise convolution of the model.
+
+* CUDA: ``F.conv2d`` (cuDNN), or ``depthwise_conv2d_implicit_gemm`` for the
+  large kernels when installed (``large_kernel=True``);
+* CPU (float32/64): the forward in whichever memory layout (and, for dilated
+  kernels, dilated or zero-inserted dense kernel) is fastest for the shape,
+  timed once (:class:`~overlock.ops.autotune.AutoTuner`); the backward takes
+  the input gradient as a flipped-kernel forward and the weight gradient as a
+  grouped convolution, both much faster than oneDNN's own backward kernels
+  for large kernels (``tools/analysis/bench_dwconv.py``);
+* ``cpu_conv='aten'`` or the reference mode: plain ``F.conv2d``.
+"""
+import functools
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from ..config import settings
+from .accelerators import igemm_functions
+from .autotune import AutoTuner
+from .cpu import is_channels_last, layout_of
+
+__all__ = ['depthwise_conv2d', 'dilate_kernel']
+
+_plans = AutoTuner('depthwise conv plan')
+
+
+def dilate_kernel(weight: torch.Tensor, dilation: int) -> torch.Tensor:
+    """The dense kernel equal to ``weight`` applied with ``dilation``."""
+    if dilation == 1:
+        return weight
+    c, g, k, _ = weight.shape
+    size = dilation * (k - 1) + 1
+    out = weight.new_zeros(c, g, size, size)
+    out[:, :, ::dilation, ::dilation] = weight
+    return out
+
+
+def _conv_plan(x, weight, padding, dilation):
+    """``(channels_last, dense)``: the fastest way to run this depthwise
+    convolution forward on CPU. ``dense`` (dilated kernels only) runs the
+    kernel with its zeros inserted as an undilated one: oneDNN's dilated
+    depthwise path is slow for some shapes (9x9, dilation 2, 64 channels at
+    128x128: 29 ms dilated, 6 ms dense)."""
+    if settings.cpu_conv in ('cf', 'cl'):
+        return settings.cpu_conv == 'cl', False
+    key = (tuple(x.shape), is_channels_last(x), tuple(weight.shape),
+           padding, dilation, x.dtype, torch.get_num_threads())
+    plans = [(False, False), (True, False)]
+    if dilation > 1:
+        plans += [(False, True), (True, True)]
+    xd, w = x.detach(), weight.detach()
+    with torch.no_grad():
+        return _plans.choose(key, [
+            (plan, functools.partial(_conv_forward, xd, w, None, padding,
+                                     dilation, plan)) for plan in plans])
+
+
+def _conv_forward(x, weight, bias, padding, dilation, plan):
+    """Convolve with ``plan = (channels_last, dense)``; the output keeps the
+    input's layout."""
+    channels_last, dense = plan
+    if dense and dilation > 1:
+        weight, dilation = dilate_kernel(weight, dilation), 1
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    y = F.conv2d(x.contiguous(memory_format=fmt), weight, bias, 1, padding,
+                 dilation, weight.shape[0])
+    return y.contiguous(memory_format=layout_of(x))
+
+
+def _weight_grad(x, grad_out, kernel_size, padding, dilation):
+    """Depthwise weight gradient as a grouped convolution of the padded input
+    with the output gradient (channels as groups, batch as input channels):
+    ``dW[c, i, j] = sum_{b,h,w} x_pad[b, c, h + i*d, w + j*d] * gy[b, c, h, w]``.
+    oneDNN's own depthwise weight-gradient kernel is 10-20x slower for large
+    kernels."""
+    b, c, h, w = grad_out.shape
+    kernel = grad_out.transpose(0, 1)  # C, B, H, W
+    if kernel_size * dilation <= 3:
+        # small kernels: zero padding inside the convolution (no padded copy
+        # of x; 52 -> 12 ms for 3x3, 256 ch at 128x128); for large ones
+        # oneDNN is 7-10x faster on an explicitly padded input
+        inp = x.transpose(0, 1).reshape(1, c * b, h, w)
+        out = F.conv2d(inp, kernel, None, dilation, padding, 1, c)
+    else:
+        xp = F.pad(x, [padding, padding, padding, padding])
+        inp = xp.transpose(0, 1).reshape(1, c * b, xp.shape[2], xp.shape[3])
+        out = F.conv2d(inp, kernel, None, dilation, 0, 1, c)
+    return out.view(c, 1, kernel_size, kernel_size)
+
+
+class _DepthwiseConvCPU(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, padding, dilation):
+        plan = _conv_plan(x, weight, padding, dilation)
+        ctx.save_for_backward(x, weight)
+        ctx.conf = (padding, dilation, bias is not None)
+        return _conv_forward(x, weight, bias, padding, dilation, plan)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        padding, dilation, has_bias = ctx.conf
+        grad_out = grad_out.contiguous()
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_x = grad_w = grad_b = None
+        if need_x:
+            # stride 1, symmetric padding: the input gradient is the
+            # correlation of grad_out with the flipped kernel, i.e. another
+            # forward depthwise convolution (in its fastest layout); oneDNN's
+            # backward-data kernel is far slower for dilated kernels
+            w_flip = weight.flip(-1, -2)
+            grad_x = _conv_forward(
+                grad_out, w_flip, None, padding, dilation,
+                _conv_plan(grad_out, w_flip, padding, dilation))
+        if need_w:
+            grad_w = _weight_grad(x.contiguous(), grad_out, weight.shape[-1],
+                                  padding, dilation)
+        if need_b and has_bias:
+            grad_b = grad_out.sum((0, 2, 3))
+        return grad_x, grad_w, grad_b, None, None
+
+
+def _igemm_conv(x, weight, bias):
+    impl = igemm_functions()
+    if impl is None:
+        return None
+    fn = impl[1] if x.dtype == torch.float16 else impl[0]
+    out = fn.apply(x.contiguous(), weight)
+    if bias is not None:
+        out = out + bias.view(1, -1, 1, 1).to(out.dtype)
+    return out
+
+
+def depthwise_conv2d(x: torch.Tensor,
+                     weight: torch.Tensor,
+                     bias: Optional[torch.Tensor] = None,
+                     padding: int = 0,
+                     dilation: int = 1,
+                     large_kernel: bool = False) -> torch.Tensor:
+    """Stride-1 depthwise convolution, equal to ``F.conv2d(x, weight, bias,
+    1, padding, dilation, C)`` to float rounding (see the module docstring
+    for how it runs).
+
+    Args:
+        large_kernel (bool): An undilated "same" large kernel: may use
+            ``depthwise_conv2d_implicit_gemm`` on CUDA. Defaults to False.
+    """
+    if x.is_cuda:
+        if large_kernel:
+            out = _igemm_conv(x, weight, bias)
+            if out is not None:
+                return out
+        return F.conv2d(x, weight, bias, 1, padding, dilation,
+                        weight.shape[0])
+    if settings.cpu_conv == 'aten' or settings.reference or \
+            x.dtype not in (torch.float32, torch.float64) or x.dim() != 4:
+        return F.conv2d(x, weight, bias, 1, padding, dilation,
+                        weight.shape[0])
+    if not torch.is_grad_enabled() or not (
+            x.requires_grad or weight.requires_grad or
+            (bias is not None and bias.requires_grad)):
+        return _conv_forward(
+            x, weight, bias, padding, dilation,
+            _conv_plan(x, weight, padding, dilation))
+    return _DepthwiseConvCPU.apply(x, weight, bias, padding, dilation)

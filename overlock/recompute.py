@@ -1,0 +1,86 @@
+"""Activation recomputation for training (``with_cp`` and ``selective_cp``).
+
+* ``with_cp``: a whole block is recomputed in the backward (its DropPath
+  random draws replayed);
+* ``selective_cp``: only the cheap segments of a block (norms, activations,
+  depthwise and large-kernel convolutions with their BatchNorms) are; the
+  expensive 1x1 convolutions and the ContMix aggregation keep their outputs.
+
+Either way the BatchNorm running statistics of a recomputed segment are put
+back after the recomputation, so that each training step updates them once.
+"""
+import contextlib
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.checkpoint import checkpoint
+
+__all__ = ['KeepRunningStats', 'recompute', 'Recompute']
+
+
+class KeepRunningStats:
+    """Restores the running statistics of the BatchNorms under ``modules``
+    on exit (used around a backward-time recomputation)."""
+
+    def __init__(self, modules: Sequence[nn.Module]):
+        self.bns = [m for mod in modules for m in mod.modules()
+                    if isinstance(m, _BatchNorm) and m.training
+                    and m.track_running_stats]
+
+    def __enter__(self):
+        self.saved = [[t.clone() for t in (m.running_mean, m.running_var,
+                                           m.num_batches_tracked)]
+                      for m in self.bns]
+
+    def __exit__(self, *exc):
+        with torch.no_grad():
+            for m, (mean, var, n) in zip(self.bns, self.saved):
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
+                m.num_batches_tracked.copy_(n)
+        self.saved = None
+
+
+def recompute(fn: Callable, modules: Sequence[nn.Module], *args,
+              preserve_rng_state: bool = False):
+    """``fn(*args)`` whose intermediate tensors are recomputed in the
+    backward instead of stored (BatchNorm statistics of ``modules`` updated
+    once)."""
+    return checkpoint(
+        fn, *args, use_reentrant=False, preserve_rng_state=preserve_rng_state,
+        context_fn=lambda: (contextlib.nullcontext(),
+                            KeepRunningStats(modules)))
+
+
+def _chain(modules, x):
+    for m in modules:
+        x = m(x)
+    return x
+
+
+class Recompute:
+    """Mixin of the two blocks; they set ``with_cp`` and ``selective_cp`` in
+    their constructor."""
+    with_cp: bool
+    selective_cp: bool
+
+    def _maybe_checkpoint(self, fn: Callable, x: torch.Tensor, *args):
+        """``fn(x, *args)``, recomputed as a whole with ``with_cp``."""
+        if self.with_cp and self.training and x.requires_grad:
+            # DropPath is inside: replay its random draws
+            return recompute(fn, [self], x, *args, preserve_rng_state=True)
+        return fn(x, *args)
+
+    def _cheap(self, modules: Sequence[nn.Module], *args, fn=None):
+        """A cheap segment: ``modules`` in sequence on ``args[0]`` (or
+        ``fn(*args)`` using ``modules``). While training with
+        ``selective_cp`` (and not ``with_cp``), its outputs are recomputed in
+        the backward rather than kept."""
+        if fn is None:
+            fn = lambda x: _chain(modules, x)  # noqa: E731
+        if self.selective_cp and not self.with_cp and self.training and \
+                torch.is_grad_enabled():
+            return recompute(fn, modules, *args)
+        return fn(*args)

@@ -1,0 +1,65 @@
+"""OverLoCK as an mmengine ``BaseModule``, and its registration."""
+import logging
+from typing import Optional, Union
+
+from mmengine.logging import MMLogger
+from mmengine.model import BaseModule
+
+from overlock.checkpoint import load_checkpoint
+from overlock.model import OverLoCK
+
+__all__ = ['OverLoCKBackbone', 'register_backbone']
+
+
+class OverLoCKBackbone(OverLoCK, BaseModule):
+    """OverLoCK as an mmengine ``BaseModule``.
+
+    Takes the arguments of :class:`overlock.OverLoCK` plus ``init_cfg``:
+
+    * ``None``: the random initialisation of the constructor stays (it runs
+      once);
+    * ``dict(type='Pretrained', checkpoint=PATH_OR_URL, prefix=None)``:
+      :meth:`init_weights` loads the checkpoint through
+      :func:`overlock.load_checkpoint` (safe ``weights_only`` loading,
+      containers unwrapped and ``prefix.`` / ``backbone.`` / ``module.``
+      stripped once, a report in the mmengine log);
+    * any other mmengine initialiser: applied by ``BaseModule``.
+    """
+
+    def __init__(self, *args, init_cfg: Optional[Union[dict, list]] = None,
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        self.init_cfg = init_cfg
+
+    def init_weights(self):
+        cfg = self.init_cfg
+        if cfg is None:
+            return
+        if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
+            load_checkpoint(self, cfg['checkpoint'], prefix=cfg.get('prefix'),
+                            logger=MMLogger.get_current_instance())
+            self._is_init = True
+            return
+        BaseModule.init_weights(self)
+
+
+def register_backbone(registry, name: str = 'OverLoCK') -> None:
+    """Register :class:`OverLoCKBackbone` in ``registry`` under ``name``.
+
+    Importing the registering package twice is harmless; another class
+    already registered under ``name`` is an error (nothing is replaced).
+    """
+    existing = registry.module_dict.get(name)
+    if existing is OverLoCKBackbone:
+        return
+    if existing is not None:
+        raise KeyError(
+            f'{registry.scope}.{registry.name} already has a module named '
+            f'{name!r} ({existing.__module__}.{existing.__qualname__}); '
+            f'OverLoCK would replace it. Remove the other registration, or '
+            f'register ours under another name with overlock_mm.'
+            f"register_backbone(MODELS, name='...') and use that name as "
+            f'the backbone type in the config.')
+    registry.register_module(name, module=OverLoCKBackbone)
+    logging.getLogger(__name__).debug('registered %s in %s.%s', name,
+                                      registry.scope, registry.name)
