@@ -13,12 +13,11 @@ The layer names come from the views of :mod:`overlock.layers`.
 from typing import Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .layers import (BNConv, ConvBN, ConvBNAct, Fusion, GRNMlp,
                      LargeKernelBN, LayerScale, RepConvProj)
-from .ops.contmix import aggregate_window_major, bias_index, contmix_size
+from .ops.contmix import aggregate_window_major, at_contmix_size, bias_index
 from .ops.cpu import conv_act, layout_of
 from .reparam import cached, fold_bn_before, fuse_conv_bn, use_folded
 
@@ -169,7 +168,6 @@ def _contmix(block, x, x_f, p):
 def dynconv_forward(block, x: torch.Tensor, h_x: torch.Tensor,
                     h_r: torch.Tensor):
     p = cached(block, lambda: _dynconv_params(block))
-    height, width = x.shape[2:]
     if not block.is_first:
         h_x = block.x_scale(h_x).add_(block.h_scale(h_r))
     x_f = torch.cat([x, h_x], dim=1)
@@ -183,14 +181,8 @@ def dynconv_forward(block, x: torch.Tensor, h_x: torch.Tensor,
     lepe = LargeKernelBN(*block.lepe).large_kernel.lk_origin.conv(
         x, *p['lepe'])
 
-    size = contmix_size(height, width, block.kernel_size)
-    if size != (height, width):
-        x = F.interpolate(x, size=size, mode='bilinear', align_corners=False)
-        x_f = F.interpolate(
-            x_f, size=size, mode='bilinear', align_corners=False)
-        x = F.adaptive_avg_pool2d(_contmix(block, x, x_f, p), (height, width))
-    else:
-        x = _contmix(block, x, x_f, p)
+    x = at_contmix_size(lambda x, x_f: _contmix(block, x, x_f, p), x, x_f,
+                        block.kernel_size)
     x = conv_act(x, *p['dyn'], add=lepe.contiguous(memory_format=layout_of(x)))
     x.mul_(block.se_layer.proj(x)).mul_(gate)
     if p['res1_w'] is None:

@@ -16,12 +16,12 @@ The network has three parts:
   generated from the context, which they refine and carry along (the stage-3
   and stage-4 outputs have ``C + C4 / 4`` channels).
 
-This file holds the arch table, the two blocks and the network. Layers are in
-:mod:`overlock.layers`, kernels in :mod:`overlock.ops`, recomputation in
-:mod:`overlock.recompute`, the fused CPU inference path in
-:mod:`overlock.fused` and the switches in :mod:`overlock.config`.
+This file holds the two blocks and the network. The arch table and its checks
+are in :mod:`overlock.archs`, layers in :mod:`overlock.layers`, kernels in
+:mod:`overlock.ops`, recomputation in :mod:`overlock.recompute`, the fused CPU
+inference path in :mod:`overlock.fused` and the switches in
+:mod:`overlock.config`.
 """
-import copy
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -30,125 +30,16 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from . import fused
-from .layers import (DILATED_BRANCHES, BNConv, ConvBN, ConvBNAct, DropPath,
-                     Fusion, GRNMlp, LargeKernelBN, LayerNorm2d, LayerScale,
-                     RepConvProj, ResDWConv, SEModule, conv_bn, make_stem, GRN,
-                     DilatedReparamBlock)
-from .ops.contmix import bias_index, contmix_aggregate, contmix_size
+from .archs import ARCH_DEFAULTS, ARCH_SETTINGS, resolve_arch
+from .layers import (GRN, BNConv, ConvBN, ConvBNAct, DilatedReparamBlock,
+                     DropPath, Fusion, GRNMlp, LargeKernelBN, LayerNorm2d,
+                     LayerScale, RepConvProj, ResDWConv, SEModule, conv_bn,
+                     make_stem)
+from .ops.contmix import at_contmix_size, bias_index, contmix_aggregate
 from .recompute import Recompute
 
 __all__ = ['OverLoCK', 'ARCH_SETTINGS', 'ARCH_DEFAULTS', 'RepConvBlock',
            'DynamicConvBlock']
-
-#: Hyper-parameters of the official models (``overlock_{xt,t,s,b}``).
-ARCH_SETTINGS: Dict[str, dict] = {
-    'xt': dict(
-        depths=[2, 2, 3, 2],
-        sub_depths=[6, 2],
-        embed_dims=[56, 112, 256, 336],
-        kernel_sizes=[17, 15, 13, 7],
-        mlp_ratios=[4, 4, 4, 4],
-        sub_num_heads=[4, 6],
-        sub_mlp_ratios=[3, 3]),
-    't': dict(
-        depths=[4, 4, 6, 2],
-        sub_depths=[12, 2],
-        embed_dims=[64, 128, 256, 512],
-        kernel_sizes=[17, 15, 13, 7],
-        mlp_ratios=[4, 4, 4, 4],
-        sub_num_heads=[4, 8],
-        sub_mlp_ratios=[3, 3]),
-    's': dict(
-        depths=[6, 6, 8, 3],
-        sub_depths=[16, 3],
-        embed_dims=[64, 128, 320, 512],
-        kernel_sizes=[17, 15, 13, 7],
-        mlp_ratios=[4, 4, 4, 4],
-        sub_num_heads=[8, 16],
-        sub_mlp_ratios=[3, 3]),
-    'b': dict(
-        depths=[8, 8, 10, 4],
-        sub_depths=[20, 4],
-        embed_dims=[80, 160, 384, 576],
-        kernel_sizes=[17, 15, 13, 7],
-        mlp_ratios=[4, 4, 4, 4],
-        sub_num_heads=[6, 9],
-        sub_mlp_ratios=[3, 3]),
-}
-
-#: Fields shared by all official archs; an arch dict may override them.
-ARCH_DEFAULTS = dict(
-    ls_init_values=[None, None, 1., 1.], res_scale=True, smk_size=5)
-
-
-def _resolve_arch(arch: Union[str, dict]) -> dict:
-    if isinstance(arch, str):
-        key = arch.lower()
-        if key.startswith('overlock_'):
-            key = key[len('overlock_'):]
-        if key not in ARCH_SETTINGS:
-            raise ValueError(
-                f'Unknown OverLoCK arch {arch!r}; valid names are '
-                f'{sorted(ARCH_SETTINGS)}, or pass a dict with the fields '
-                f'{sorted(ARCH_SETTINGS["t"])}.')
-        cfg = copy.deepcopy(ARCH_SETTINGS[key])
-    elif isinstance(arch, dict):
-        required = set(ARCH_SETTINGS['t'])
-        missing = sorted(required - set(arch))
-        if missing:
-            raise ValueError(f'The OverLoCK arch dict lacks the fields '
-                             f'{missing}; it needs {sorted(required)}.')
-        unknown = sorted(set(arch) - required - set(ARCH_DEFAULTS))
-        if unknown:
-            raise ValueError(
-                f'Unknown fields {unknown} in the OverLoCK arch dict; valid '
-                f'fields are {sorted(required | set(ARCH_DEFAULTS))}.')
-        cfg = copy.deepcopy(dict(arch))
-    else:
-        raise TypeError(f'arch must be a name or a dict, got '
-                        f'{type(arch).__name__}')
-    for k, v in ARCH_DEFAULTS.items():
-        cfg.setdefault(k, copy.deepcopy(v))
-    _check_arch(cfg)
-    return cfg
-
-
-def _check_arch(cfg: dict) -> None:
-    lengths = dict(
-        depths=4, embed_dims=4, kernel_sizes=4, mlp_ratios=4,
-        ls_init_values=4, sub_depths=2, sub_num_heads=2, sub_mlp_ratios=2)
-    for name, n in lengths.items():
-        value = cfg[name]
-        if not isinstance(value, (list, tuple)) or len(value) != n:
-            raise ValueError(f'arch field {name!r} must be a list of {n} '
-                             f'values, got {value!r}')
-    dims, heads = cfg['embed_dims'], cfg['sub_num_heads']
-    if any(d <= 0 for d in cfg['depths']) or any(
-            d <= 0 for d in cfg['sub_depths']):
-        raise ValueError(f'depths and sub_depths must be positive, got '
-                         f'{cfg["depths"]} and {cfg["sub_depths"]}')
-    if dims[0] % 2:
-        raise ValueError(f'embed_dims[0] must be even (the stem halves it), '
-                         f'got {dims[0]}')
-    if dims[3] % 4:
-        raise ValueError(f'embed_dims[3] must be divisible by 4 (the context '
-                         f'has embed_dims[3] // 4 channels), got {dims[3]}')
-    for stage, dim, h in ((3, dims[2], heads[0]), (4, dims[3], heads[1])):
-        if h <= 0 or dim % (4 * h):
-            raise ValueError(
-                f'stage {stage}: embed_dims {dim} must be divisible by 4 x '
-                f'sub_num_heads ({h}): ContMix splits the channels into two '
-                f'kernels x 2 x {h} groups. Change embed_dims or '
-                f'sub_num_heads.')
-    for k in cfg['kernel_sizes']:
-        if k not in DILATED_BRANCHES:
-            raise ValueError(f'kernel_sizes must be in '
-                             f'{sorted(DILATED_BRANCHES)}, got {k}')
-    smk = cfg['smk_size']
-    if smk % 2 == 0 or smk < 3 or smk > min(cfg['kernel_sizes'][2:]):
-        raise ValueError(
-            f'smk_size must be odd, >= 3 and at most the stage-3/4 kernel '
-            f'sizes {cfg["kernel_sizes"][2:]}, got {smk}')
 
 
 # --------------------------------------------------------------------------
@@ -161,15 +52,10 @@ class RepConvBlock(Recompute, nn.Module):
     ``x + proj(ls(x))``, with ``proj`` as named by :class:`RepConvProj`.
     """
 
-    def __init__(self,
-                 dim: int,
-                 kernel_size: int = 7,
-                 mlp_ratio: float = 4,
+    def __init__(self, dim: int, kernel_size: int = 7, mlp_ratio: float = 4,
                  ls_init_value: Optional[float] = None,
-                 res_scale: bool = False,
-                 drop_path: float = 0.,
-                 deploy: bool = False,
-                 with_cp: bool = False,
+                 res_scale: bool = False, drop_path: float = 0.,
+                 deploy: bool = False, with_cp: bool = False,
                  selective_cp: bool = True):
         super().__init__()
         self.res_scale = res_scale
@@ -190,15 +76,18 @@ class RepConvBlock(Recompute, nn.Module):
 
     def _forward(self, x):
         x = self.dwconv(x)
-        drop_path = self.proj[-1]
-        if self.res_scale:
-            return self.ls(x) + drop_path(self._branch(x))
-        return x + drop_path(self.ls(self._branch(x)))
+        return _residual(x, self._branch(x), self.ls,
+                         RepConvProj(*self.proj).drop_path, self.res_scale)
 
     def forward(self, x):
         if fused.enabled(self, x):
             return fused.repconv_forward(self, x)
         return self._maybe_checkpoint(self._forward, x)
+
+
+def _residual(x, y, ls: nn.Module, drop_path: nn.Module, res_scale: bool):
+    """``ls(x) + drop_path(y)`` (``res_scale``) or ``x + drop_path(ls(y))``."""
+    return ls(x) + drop_path(y) if res_scale else x + drop_path(ls(y))
 
 
 def _grn_mlp(block: Recompute, mlp: GRNMlp, x):
@@ -216,20 +105,12 @@ class DynamicConvBlock(Recompute, nn.Module):
     neighbourhood.
     """
 
-    def __init__(self,
-                 dim: int,
-                 ctx_dim: int,
-                 kernel_size: int = 7,
-                 smk_size: int = 5,
-                 num_heads: int = 2,
-                 mlp_ratio: float = 4,
+    def __init__(self, dim: int, ctx_dim: int, kernel_size: int = 7,
+                 smk_size: int = 5, num_heads: int = 2, mlp_ratio: float = 4,
                  ls_init_value: Optional[float] = None,
-                 res_scale: bool = False,
-                 drop_path: float = 0.,
-                 is_first: bool = False,
-                 is_last: bool = False,
-                 deploy: bool = False,
-                 with_cp: bool = False,
+                 res_scale: bool = False, drop_path: float = 0.,
+                 is_first: bool = False, is_last: bool = False,
+                 deploy: bool = False, with_cp: bool = False,
                  selective_cp: bool = True):
         super().__init__()
         ctx_dim = ctx_dim // 4
@@ -312,7 +193,6 @@ class DynamicConvBlock(Recompute, nn.Module):
         return out.permute(0, 1, 4, 2, 3).reshape(b, c, h, w)
 
     def _forward(self, x, h_x, h_r):
-        height, width = x.shape[2:]
         if not self.is_first:
             h_x = self.x_scale(h_x) + self.h_scale(h_r)
         x_f = self.dwconv1(torch.cat([x, h_x], dim=1))
@@ -325,28 +205,16 @@ class DynamicConvBlock(Recompute, nn.Module):
         gate = self._cheap([gate.bn, gate.act], gate.conv(x))
         lepe = self._cheap(list(self.lepe), x)
 
-        size = contmix_size(height, width, self.kernel_size)
-        if size != (height, width):
-            x = F.interpolate(x, size=size, mode='bilinear', align_corners=False)
-            x_f = F.interpolate(
-                x_f, size=size, mode='bilinear', align_corners=False)
-            x = F.adaptive_avg_pool2d(self.contmix(x, x_f), (height, width))
-        else:
-            x = self.contmix(x, x_f)
+        x = at_contmix_size(self.contmix, x, x_f, self.kernel_size)
 
         x = self.se_layer(self.dyconv_proj(x) + lepe)
         proj = BNConv(*self.proj)
         x = proj.conv(self._cheap([proj.bn], gate, x,
                                   fn=lambda g, y: proj.bn(g * y)))
-        if self.res_scale:
-            x = self.ls1(identity) + self.drop_path(x)
-        else:
-            x = identity + self.drop_path(self.ls1(x))
+        x = _residual(identity, x, self.ls1, self.drop_path, self.res_scale)
         x = self.dwconv2(x)
-        if self.res_scale:
-            x = self.ls2(x) + self.drop_path(self._mlp(x))
-        else:
-            x = x + self.drop_path(self.ls2(self._mlp(x)))
+        x = _residual(x, self._mlp(x), self.ls2, self.drop_path,
+                      self.res_scale)
         if self.is_last:
             return x, None
         return tuple(torch.split(x, [self.dim, self.ctx_dim], dim=1))
@@ -358,6 +226,12 @@ class DynamicConvBlock(Recompute, nn.Module):
         if fused.enabled(self, x):
             return fused.dynconv_forward(self, x, h_x, h_r)
         return self._maybe_checkpoint(self._forward, x, h_x, h_r)
+
+
+def _run(blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+    for blk in blocks:
+        x = blk(x)
+    return x
 
 
 class CTXDownsample(nn.Module):
@@ -433,7 +307,7 @@ class OverLoCK(nn.Module):
                  projection: int = 1024,
                  use_ds: bool = True):
         super().__init__()
-        cfg = _resolve_arch(arch)
+        cfg = resolve_arch(arch)
         self.arch_settings = cfg
         self.arch = arch if isinstance(arch, str) else 'custom'
         if isinstance(out_indices, int):
@@ -480,6 +354,8 @@ class OverLoCK(nn.Module):
         self.high_level_proj = nn.Conv2d(dims[3], ctx_dim, 1)
         self.patch_embedx = CTXDownsample(dims[2], dims[3])
 
+        block_kw = dict(deploy=deploy, with_cp=with_cp,
+                        selective_cp=selective_cp)
         dpr = torch.linspace(0, drop_path_rate, sum(depths) + sum(sub_depths),
                              device='cpu').tolist()
         offsets = [0, depths[0], sum(depths[:2]), sum(depths[:3])]
@@ -487,9 +363,8 @@ class OverLoCK(nn.Module):
             self.add_module(
                 f'blocks{s + 1}',
                 nn.ModuleList(
-                    RepConvBlock(
-                        dims[s], ks[s], cfg['mlp_ratios'][s], ls[s], res_scale,
-                        dpr[offsets[s] + i], deploy, with_cp, selective_cp)
+                    RepConvBlock(dims[s], ks[s], cfg['mlp_ratios'][s], ls[s],
+                                 res_scale, dpr[offsets[s] + i], **block_kw)
                     for i in range(depths[s])))
         for j, s in enumerate((2, 3)):
             start = sum(depths) + sum(sub_depths[:j])
@@ -497,21 +372,12 @@ class OverLoCK(nn.Module):
                 f'sub_blocks{s + 1}',
                 nn.ModuleList(
                     DynamicConvBlock(
-                        dims[s],
-                        dims[3],
-                        kernel_size=ks[s],
-                        smk_size=cfg['smk_size'],
-                        num_heads=cfg['sub_num_heads'][j],
-                        mlp_ratio=cfg['sub_mlp_ratios'][j],
-                        ls_init_value=ls[s],
-                        res_scale=res_scale,
-                        drop_path=dpr[start + i],
+                        dims[s], dims[3], ks[s], cfg['smk_size'],
+                        cfg['sub_num_heads'][j], cfg['sub_mlp_ratios'][j],
+                        ls[s], res_scale, dpr[start + i],
                         is_first=(s == 2 and i == 0),
                         is_last=(s == 3 and i == sub_depths[j] - 1),
-                        deploy=deploy,
-                        with_cp=with_cp,
-                        selective_cp=selective_cp)
-                    for i in range(sub_depths[j])))
+                        **block_kw) for i in range(sub_depths[j])))
 
         if num_classes > 0:
             if use_ds:
@@ -645,28 +511,20 @@ class OverLoCK(nn.Module):
         norms = getattr(self, 'extra_norm', None)
         last = max(out_indices)
         feats = {}
-        x = self.patch_embed1(x)
-        for blk in self.blocks1:
-            x = blk(x)
+        x = _run(self.blocks1, self.patch_embed1(x))
         if 0 in out_indices:
             feats[0] = norms[0](x) if norms is not None else x
         if last == 0:
             return feats, None
-        x = self.patch_embed2(x)
-        for blk in self.blocks2:
-            x = blk(x)
+        x = _run(self.blocks2, self.patch_embed2(x))
         if norms is not None:
             x = norms[1](x)
         feats[1] = x
         if last == 1:
             return feats, None
 
-        x = self.patch_embed3(x)
-        for blk in self.blocks3:
-            x = blk(x)
-        overview = self.patch_embed4(x)
-        for blk in self.blocks4:
-            overview = blk(overview)
+        x = _run(self.blocks3, self.patch_embed3(x))
+        overview = _run(self.blocks4, self.patch_embed4(x))
         ctx_ori = self.high_level_proj(overview)
         ctx_up = F.interpolate(
             ctx_ori, size=x.shape[2:], mode='bilinear', align_corners=False)

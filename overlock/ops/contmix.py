@@ -32,6 +32,7 @@ import functools
 from typing import Tuple
 
 import torch
+import torch.nn.functional as F
 from torch.utils.flop_counter import register_flop_formula
 
 from ..config import settings
@@ -41,7 +42,8 @@ from .autotune import AutoTuner
 __all__ = [
     'contmix_aggregate', 'contmix_aggregate_reference',
     'aggregate_window_major', 'neighborhood_starts',
-    'neighborhood_bias_index', 'bias_index', 'contmix_size'
+    'neighborhood_bias_index', 'bias_index', 'contmix_size',
+    'at_contmix_size'
 ]
 
 
@@ -103,6 +105,20 @@ def contmix_size(height: int, width: int,
     if height < width:
         return kernel_size, int(kernel_size / height * width)
     return int(kernel_size / width * height), kernel_size
+
+
+def at_contmix_size(fn, x: torch.Tensor, x_f: torch.Tensor,
+                    kernel_size: int) -> torch.Tensor:
+    """``fn(x, x_f)``, run on maps enlarged to :func:`contmix_size`
+    (bilinear) and pooled back to the size of ``x`` when they are smaller
+    than the kernel, as upstream does."""
+    height, width = x.shape[2:]
+    size = contmix_size(height, width, kernel_size)
+    if size == (height, width):
+        return fn(x, x_f)
+    x = F.interpolate(x, size=size, mode='bilinear', align_corners=False)
+    x_f = F.interpolate(x_f, size=size, mode='bilinear', align_corners=False)
+    return F.adaptive_avg_pool2d(fn(x, x_f), (height, width))
 
 
 # --------------------------------------------------------------------------
