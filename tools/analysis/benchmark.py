@@ -18,7 +18,10 @@ Implementations (``--compare A B``):
   gathered ``(K*K, C)`` neighbourhood tensor per pixel;
 * ``naive_deploy``: ``naive`` re-parameterised (the official deploy form);
 * ``deploy``: ``ours`` re-parameterised (dilated branches merged);
-* ``channels_last``: ``ours`` with model and input in channels_last.
+* ``channels_last``: ``ours`` with model and input in channels_last;
+* ``IMPL@DIR`` (CPU): ``IMPL`` of the checkout in ``DIR``, e.g. a git
+  worktree of an earlier commit, to compare a change with its base in one
+  interleaved run: ``--compare ours@/tmp/base ours``.
 
 Numbers are medians over ``--rounds`` x ``--repeats`` runs, each round after
 ``--warmup`` runs, the rounds interleaving the implementations. On CPU
@@ -124,9 +127,27 @@ def measure(impl, arch, flavour, mode, size, batch, device, repeats, warmup,
                 peak_mem_mb=peak)
 
 
-def run_isolated(args, impl, mode):
-    """One measurement in a fresh interpreter (clean peak-RSS accounting)."""
-    cmd = [sys.executable, osp.abspath(__file__), '--worker', '--impl', impl,
+def _impl(spec):
+    """``IMPL`` or ``IMPL@DIR`` (another checkout's IMPL)."""
+    impl, _, tree = spec.partition('@')
+    if impl not in IMPLS:
+        raise argparse.ArgumentTypeError(
+            f'unknown implementation {impl!r}; choose from {IMPLS}, '
+            f'optionally as IMPL@DIR')
+    if tree and not osp.isfile(osp.join(tree, 'tools', 'analysis',
+                                        'benchmark.py')):
+        raise argparse.ArgumentTypeError(
+            f'{spec}: {tree} is not a checkout of this repository')
+    return spec
+
+
+def run_isolated(args, spec, mode):
+    """One measurement in a fresh interpreter (clean peak-RSS accounting);
+    ``IMPL@DIR`` runs the benchmark worker of the checkout in ``DIR``."""
+    impl, _, tree = spec.partition('@')
+    script = osp.join(osp.abspath(tree), 'tools', 'analysis',
+                      'benchmark.py') if tree else osp.abspath(__file__)
+    cmd = [sys.executable, script, '--worker', '--impl', impl,
            '--arch', args.arch, '--flavour', args.flavour, '--mode', mode,
            '--size', str(args.size[0]), str(args.size[1]), '--batch',
            str(args.batch), '--device', args.device, '--repeats',
@@ -137,7 +158,9 @@ def run_isolated(args, impl, mode):
         env.update(MALLOC_SETTINGS)
     out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True,
                          env=env)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    res['impl'] = spec
+    return res
 
 
 def main(argv=None):
@@ -152,7 +175,7 @@ def main(argv=None):
     p.add_argument('--batch', type=int, default=1)
     p.add_argument('--device', default='cpu')
     p.add_argument('--mode', choices=['eval', 'train', 'both'], default='eval')
-    p.add_argument('--compare', nargs='+', choices=IMPLS, default=['ours'],
+    p.add_argument('--compare', nargs='+', type=_impl, default=['ours'],
                    help='implementations to run; the first is the baseline '
                    'of the ratio column')
     p.add_argument('--repeats', type=int, default=5)
@@ -180,11 +203,14 @@ def main(argv=None):
         print(json.dumps(res))
         return
 
+    if args.device != 'cpu' and any('@' in c for c in args.compare):
+        p.error('IMPL@DIR runs in separate processes: CPU only')
     modes = ['eval', 'train'] if args.mode == 'both' else [args.mode]
     results = []
     for mode in modes:
         impls = [i for i in dict.fromkeys(args.compare)
-                 if not (mode == 'train' and i.endswith('deploy'))]
+                 if not (mode == 'train' and
+                         i.partition('@')[0].endswith('deploy'))]
         rounds = {impl: [] for impl in impls}
         # rounds interleave the implementations, so that a slow phase of a
         # shared machine does not fall on one of them only
@@ -213,7 +239,8 @@ def main(argv=None):
           f'median of {args.rounds} x {args.repeats} after {args.warmup} '
           f'warm-up' +
           (f', malloc {args.malloc}' if args.device == 'cpu' else ''))
-    head = f'{"mode":<6}{"impl":<15}{"median ms":>11}{"min ms":>10}' \
+    width = max([15] + [len(r['impl']) + 2 for r in results])
+    head = f'{"mode":<6}{"impl":<{width}}{"median ms":>11}{"min ms":>10}' \
            f'{"peak MB":>10}{"speed-up":>10}{"mem ratio":>11}'
     print(head)
     print('-' * len(head))
@@ -226,7 +253,7 @@ def main(argv=None):
             speed = base['median_ms'] / r['median_ms']
             mem = r['peak_mem_mb'] / base['peak_mem_mb'] \
                 if base['peak_mem_mb'] > 0 else float('nan')
-            print(f'{mode:<6}{r["impl"]:<15}{r["median_ms"]:>11.1f}'
+            print(f'{mode:<6}{r["impl"]:<{width}}{r["median_ms"]:>11.1f}'
                   f'{r["min_ms"]:>10.1f}{r["peak_mem_mb"]:>10.0f}'
                   f'{speed:>9.2f}x{mem:>10.2f}x')
     if args.json:
