@@ -43,22 +43,25 @@ class AutoTuner:
         self._cache: 'collections.OrderedDict' = collections.OrderedDict()
 
     def choose(self, key: Hashable,
-               candidates: Sequence[Tuple[Hashable, Callable[[], object]]]):
-        """The label of the fastest ``(label, fn)`` candidate for ``key``
-        (each ``fn`` is timed on the first call for a key only)."""
+               candidates: Callable[[], Sequence[Tuple[Hashable,
+                                                       Callable[[], object]]]]):
+        """The label of the fastest candidate for ``key``. ``candidates()``
+        returns ``(label, fn)`` pairs; it is called, and each ``fn`` timed,
+        only the first time a key is seen (or after it was dropped)."""
         choice = self._cache.get(key)
         if choice is not None:
             self._cache.move_to_end(key)
             return choice
-        times = [time_once(fn) for _, fn in candidates]
-        choice = candidates[times.index(min(times))][0]
+        pairs = candidates()
+        times = [time_once(fn) for _, fn in pairs]
+        choice = pairs[times.index(min(times))][0]
         self._cache[key] = choice
         if len(self._cache) > self.maxsize:
             self._cache.popitem(last=False)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug('%s %s: %s -> %s', self.name, key, ', '.join(
                 f'{label} {t * 1e3:.2f} ms'
-                for (label, _), t in zip(candidates, times)), choice)
+                for (label, _), t in zip(pairs, times)), choice)
         return choice
 
     def clear(self) -> None:

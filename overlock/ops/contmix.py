@@ -272,16 +272,26 @@ def _use_band(value: torch.Tensor, kernel_size: int) -> bool:
         return True
     key = (tuple(value.shape), kernel_size, value.dtype,
            torch.get_num_threads())
-    with torch.no_grad():
-        v = value.detach().contiguous()
-        k2 = kernel_size * kernel_size
-        attn = torch.full((*v.shape[:4], k2), 1. / k2, dtype=v.dtype)
-        a6 = attn.view(*v.shape[:4], kernel_size, kernel_size)
-        attn_t = attn.permute(4, 0, 1, 2, 3).contiguous()
-        out = torch.zeros_like(v)
-        return _tuner.choose(key, [
-            (True, lambda: _band_forward(a6, v, kernel_size, out)),
-            (False, lambda: _slices_forward(attn_t, v, kernel_size, out))])
+    return _tuner.choose(key, lambda: _timing_candidates(value, kernel_size))
+
+
+def _timing_candidates(value, kernel_size):
+    v = value.detach().contiguous()
+    k2 = kernel_size * kernel_size
+    attn = torch.full((*v.shape[:4], k2), 1. / k2, dtype=v.dtype)
+    a6 = attn.view(*v.shape[:4], kernel_size, kernel_size)
+    attn_t = attn.permute(4, 0, 1, 2, 3).contiguous()
+    out = torch.zeros_like(v)
+
+    def band():
+        with torch.no_grad():
+            _band_forward(a6, v, kernel_size, out)
+
+    def slices():
+        with torch.no_grad():
+            _slices_forward(attn_t, v, kernel_size, out)
+
+    return [(True, band), (False, slices)]
 
 
 def _window_major(attn: torch.Tensor) -> torch.Tensor:

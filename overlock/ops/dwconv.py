@@ -49,14 +49,21 @@ def _conv_plan(x, weight, padding, dilation):
         return settings.cpu_conv == 'cl', False
     key = (tuple(x.shape), is_channels_last(x), tuple(weight.shape),
            padding, dilation, x.dtype, torch.get_num_threads())
+    return _plans.choose(key, lambda: _plan_candidates(x, weight, padding,
+                                                       dilation))
+
+
+def _plan_candidates(x, weight, padding, dilation):
     plans = [(False, False), (True, False)]
     if dilation > 1:
         plans += [(False, True), (True, True)]
     xd, w = x.detach(), weight.detach()
-    with torch.no_grad():
-        return _plans.choose(key, [
-            (plan, functools.partial(_conv_forward, xd, w, None, padding,
-                                     dilation, plan)) for plan in plans])
+
+    def run(plan):
+        with torch.no_grad():
+            _conv_forward(xd, w, None, padding, dilation, plan)
+
+    return [(plan, functools.partial(run, plan)) for plan in plans]
 
 
 def _conv_forward(x, weight, bias, padding, dilation, plan):
