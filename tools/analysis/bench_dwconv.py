@@ -8,7 +8,7 @@ forward and the two gradients, for the shapes OverLoCK uses.
 Columns: forward channels-first / channels-last; input gradient by autograd
 (channels-first, channels-last) and as a channels-last forward convolution
 with the flipped kernel; weight gradient by autograd. These measurements
-decide what ``overlock.ops.LargeKernelDWConv2d`` does on CPU.
+decide what ``overlock.ops.depthwise_conv2d`` does on CPU.
 """
 import argparse
 import os.path as osp
