@@ -27,7 +27,7 @@ __all__ = [
     'LayerNorm2d', 'LayerScale', 'GRN', 'SEModule', 'ResDWConv', 'DWConv2d',
     'LargeKernelDWConv2d', 'DilatedReparamBlock', 'DILATED_BRANCHES',
     'DropPath', 'conv_bn', 'make_stem', 'GRNMlp', 'RepConvProj', 'Fusion',
-    'ConvBN', 'BNConv', 'ConvBNAct', 'LargeKernelBN'
+    'ConvBN', 'BNConv', 'ConvBNAct', 'LargeKernelBN', 'chain'
 ]
 
 #: ``kernel size -> ((branch kernel, dilation), ...)`` of the dilated
@@ -42,6 +42,13 @@ DILATED_BRANCHES = {
     7: ((5, 1), (3, 1), (3, 2), (3, 3)),
     5: ((3, 1), (3, 2)),
 }
+
+
+def chain(modules, x: torch.Tensor) -> torch.Tensor:
+    """``modules`` applied in sequence (a ModuleList or a list)."""
+    for m in modules:
+        x = m(x)
+    return x
 
 
 # --------------------------------------------------------------------------

@@ -33,8 +33,8 @@ from . import fused
 from .archs import ARCH_DEFAULTS, ARCH_SETTINGS, resolve_arch
 from .layers import (GRN, BNConv, ConvBN, ConvBNAct, DilatedReparamBlock,
                      DropPath, Fusion, GRNMlp, LargeKernelBN, LayerNorm2d,
-                     LayerScale, RepConvProj, ResDWConv, SEModule, conv_bn,
-                     make_stem)
+                     LayerScale, RepConvProj, ResDWConv, SEModule, chain,
+                     conv_bn, make_stem)
 from .ops.contmix import at_contmix_size, bias_index, contmix_aggregate
 from .recompute import Recompute
 
@@ -201,9 +201,10 @@ class DynamicConvBlock(Recompute, nn.Module):
         fusion = Fusion(*self.fusion)
         x = self._cheap([fusion.dwconv, fusion.bn, fusion.act], x_f)
         x = fusion.grn(fusion.fc(x))
-        gate = ConvBNAct(*self.gate)
-        gate = self._cheap([gate.bn, gate.act], gate.conv(x))
-        lepe = self._cheap(list(self.lepe), x)
+        gating = ConvBNAct(*self.gate)
+        gate = self._cheap([gating.bn, gating.act], gating.conv(x))
+        lepe = LargeKernelBN(*self.lepe)
+        lepe = self._cheap([lepe.large_kernel, lepe.bn], x)
 
         x = at_contmix_size(self.contmix, x, x_f, self.kernel_size)
 
@@ -226,12 +227,6 @@ class DynamicConvBlock(Recompute, nn.Module):
         if fused.enabled(self, x):
             return fused.dynconv_forward(self, x, h_x, h_r)
         return self._maybe_checkpoint(self._forward, x, h_x, h_r)
-
-
-def _run(blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
-    for blk in blocks:
-        x = blk(x)
-    return x
 
 
 class CTXDownsample(nn.Module):
@@ -511,20 +506,20 @@ class OverLoCK(nn.Module):
         norms = getattr(self, 'extra_norm', None)
         last = max(out_indices)
         feats = {}
-        x = _run(self.blocks1, self.patch_embed1(x))
+        x = chain(self.blocks1, self.patch_embed1(x))
         if 0 in out_indices:
             feats[0] = norms[0](x) if norms is not None else x
         if last == 0:
             return feats, None
-        x = _run(self.blocks2, self.patch_embed2(x))
+        x = chain(self.blocks2, self.patch_embed2(x))
         if norms is not None:
             x = norms[1](x)
         feats[1] = x
         if last == 1:
             return feats, None
 
-        x = _run(self.blocks3, self.patch_embed3(x))
-        overview = _run(self.blocks4, self.patch_embed4(x))
+        x = chain(self.blocks3, self.patch_embed3(x))
+        overview = chain(self.blocks4, self.patch_embed4(x))
         ctx_ori = self.high_level_proj(overview)
         ctx_up = F.interpolate(
             ctx_ori, size=x.shape[2:], mode='bilinear', align_corners=False)

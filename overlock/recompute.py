@@ -10,12 +10,15 @@ Either way the BatchNorm running statistics of a recomputed segment are put
 back after the recomputation, so that each training step updates them once.
 """
 import contextlib
+import functools
 from typing import Callable, Sequence
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
+
+from .layers import chain
 
 __all__ = ['KeepRunningStats', 'recompute', 'Recompute']
 
@@ -54,12 +57,6 @@ def recompute(fn: Callable, modules: Sequence[nn.Module], *args,
                             KeepRunningStats(modules)))
 
 
-def _chain(modules, x):
-    for m in modules:
-        x = m(x)
-    return x
-
-
 class Recompute:
     """Mixin of the two blocks; they set ``with_cp`` and ``selective_cp`` in
     their constructor."""
@@ -79,7 +76,7 @@ class Recompute:
         ``selective_cp`` (and not ``with_cp``), its outputs are recomputed in
         the backward rather than kept."""
         if fn is None:
-            fn = lambda x: _chain(modules, x)  # noqa: E731
+            fn = functools.partial(chain, modules)
         if self.selective_cp and not self.with_cp and self.training and \
                 torch.is_grad_enabled():
             return recompute(fn, modules, *args)
