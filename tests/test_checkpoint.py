@@ -168,3 +168,18 @@ def test_unreachable_url_gives_one_clear_message(tmp_path, monkeypatch):
 def test_missing_file():
     with pytest.raises(CheckpointError, match='not found: /nonexistent.pth'):
         load_checkpoint(OverLoCK('xt'), '/nonexistent.pth')
+
+
+def test_prefix_selects_and_a_wrong_prefix_is_named(tmp_path):
+    from conftest import TINY_ARCH, randomize_
+    src = randomize_(OverLoCK(TINY_ARCH))
+    path = tmp_path / 'det.pth'
+    torch.save({'state_dict': {'backbone.' + k: v for k, v in
+                               src.state_dict().items()}}, path)
+    model = OverLoCK(TINY_ARCH)
+    report = load_checkpoint(model, str(path), prefix='backbone')
+    assert report['loaded'] == len(src.state_dict())
+    with pytest.raises(CheckpointError,
+                       match=r"No key of the checkpoint starts with 'neck\.'"
+                             r".*\['backbone'\]"):
+        load_checkpoint(model, str(path), prefix='neck')
