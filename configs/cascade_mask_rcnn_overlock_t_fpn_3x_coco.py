@@ -22,6 +22,11 @@ optim_wrapper = dict(
     type='OptimWrapper',
     optimizer=dict(
         type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
-    paramwise_cfg=dict(norm_decay_mult=0.))
+    # upstream's rule: no decay for parameters whose name contains one of
+    # these (so the BatchNorms of the stem and the dilated branches decay)
+    paramwise_cfg=dict(custom_keys={
+        'norm': dict(decay_mult=0.),
+        'relative_position_bias_table': dict(decay_mult=0.),
+        'absolute_pos_embed': dict(decay_mult=0.)}))
 train_dataloader = dict(batch_size=2)
 auto_scale_lr = dict(enable=False, base_batch_size=16)

@@ -7,6 +7,6 @@ pretrained = 'https://github.com/LMMMEng/OverLoCK/releases/download/v1/overlock_
 model = dict(
     backbone=dict(
         arch='b',
-        drop_path_rate=0.4,
+        drop_path_rate=0.6,
         init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     neck=dict(in_channels=[80, 160, 528, 720]))

@@ -7,6 +7,6 @@ pretrained = 'https://github.com/LMMMEng/OverLoCK/releases/download/v1/overlock_
 model = dict(
     backbone=dict(
         arch='s',
-        drop_path_rate=0.3,
+        drop_path_rate=0.4,
         init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     neck=dict(in_channels=[64, 128, 448, 640]))

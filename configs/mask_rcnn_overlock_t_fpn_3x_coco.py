@@ -21,6 +21,23 @@ optim_wrapper = dict(
     type='OptimWrapper',
     optimizer=dict(
         type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
-    paramwise_cfg=dict(norm_decay_mult=0.))
+    # upstream's rule: no decay for parameters whose name contains one of
+    # these (so the BatchNorms of the stem and the dilated branches decay)
+    paramwise_cfg=dict(custom_keys={
+        'norm': dict(decay_mult=0.),
+        'relative_position_bias_table': dict(decay_mult=0.),
+        'absolute_pos_embed': dict(decay_mult=0.)}))
 train_dataloader = dict(batch_size=2)
 auto_scale_lr = dict(enable=False, base_batch_size=16)
+# upstream (mmdet 2.x schedule_3x): 500 linear warm-up iterations from 0.001,
+# steps at epochs 27 and 33 of 36; evaluation every epoch keeping the
+# best checkpoint and the last one
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0,
+         end=500),
+    dict(type='MultiStepLR', begin=0, end=36, by_epoch=True,
+         milestones=[27, 33], gamma=0.1)
+]
+default_hooks = dict(
+    checkpoint=dict(interval=1, max_keep_ckpts=1, save_last=True,
+                    save_best='auto'))

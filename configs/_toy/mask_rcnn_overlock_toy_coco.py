@@ -93,5 +93,6 @@ optim_wrapper = dict(optimizer=dict(lr=1e-3, weight_decay=0.05, fused=True),
                      clip_grad=dict(max_norm=10.))
 default_hooks = dict(
     logger=dict(interval=50),
-    checkpoint=dict(by_epoch=False, interval=1000, max_keep_ckpts=2))
+    checkpoint=dict(by_epoch=False, interval=1000, max_keep_ckpts=2,
+                    save_best=None))
 log_processor = dict(by_epoch=False)
