@@ -27,7 +27,11 @@ Switches (environment variable in brackets):
 * ``cpu_conv`` (``'auto'``, ``'cf'``, ``'cl'``, ``'aten'``;
   ``OVERLOCK_CPU_CONV``): how depthwise convolutions run on CPU;
 * ``reference`` (bool; ``OVERLOCK_REFERENCE=1``): the official code's
-  structure, for the benchmark's baseline and tests only.
+  structure, for the benchmark's baseline and tests only;
+* ``kernels`` (``'auto'``, ``'triton'``, ``'torch'``; ``OVERLOCK_KERNELS``):
+  the Triton kernels of :mod:`overlock.ops.triton_contmix` for CUDA tensors
+  when triton is installed (``'auto'``), for every tensor (``'triton'``; on
+  CPU with ``TRITON_INTERPRET=1``: how the tests check them), or never.
 """
 import contextlib
 import os
@@ -52,6 +56,8 @@ _SPEC = {
     'cpu_conv': ('auto', ('auto', 'cf', 'cl', 'aten'), 'OVERLOCK_CPU_CONV',
                  False),
     'reference': (False, bool, 'OVERLOCK_REFERENCE', False),
+    'kernels': ('auto', ('auto', 'triton', 'torch'), 'OVERLOCK_KERNELS',
+                False),
 }
 
 

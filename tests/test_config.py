@@ -11,7 +11,7 @@ from overlock import config
 from overlock.ops.autotune import AutoTuner
 
 DEFAULTS = dict(fast_inference=True, natten=True, igemm=True, contmix='auto',
-                cpu_conv='auto', reference=False)
+                cpu_conv='auto', reference=False, kernels='auto')
 
 
 def test_defaults_and_public_names():
@@ -52,7 +52,7 @@ def test_shorthand_setters():
         overlock.set_reference_mode(True)
         assert overlock.get_options() == dict(
             fast_inference=False, natten=False, igemm=True, contmix='band',
-            cpu_conv='cl', reference=True)
+            cpu_conv='cl', reference=True, kernels='auto')
     finally:
         overlock.set_options(**DEFAULTS)
 
@@ -67,11 +67,12 @@ def test_environment_variables_are_read_at_import():
     proc = _options_in_subprocess(
         OVERLOCK_DISABLE_FAST_INFERENCE='1', OVERLOCK_DISABLE_NATTEN='yes',
         OVERLOCK_DISABLE_IGEMM='0', OVERLOCK_CONTMIX='Band',
-        OVERLOCK_CPU_CONV='aten', OVERLOCK_REFERENCE='on')
+        OVERLOCK_CPU_CONV='aten', OVERLOCK_REFERENCE='on',
+        OVERLOCK_KERNELS='torch')
     assert proc.returncode == 0, proc.stderr
     assert eval(proc.stdout) == dict(
         fast_inference=False, natten=False, igemm=True, contmix='band',
-        cpu_conv='aten', reference=True)
+        cpu_conv='aten', reference=True, kernels='torch')
 
 
 def test_bad_environment_variable_names_the_variable():

@@ -10,16 +10,19 @@ Neither is needed: the PyTorch paths give the same numbers. The switches
 ``natten`` and ``igemm`` of :mod:`overlock.config` allow or forbid them.
 """
 import logging
+import os
 
 from ..config import settings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ['natten_av', 'igemm_functions', 'accelerator_status']
+__all__ = ['natten_av', 'igemm_functions', 'triton_contmix',
+           'accelerator_status']
 
 # ``None``: not looked up yet, ``False``: unavailable.
 _natten_av = None
 _igemm = None
+_triton = None
 
 
 def natten_av():
@@ -76,13 +79,51 @@ def igemm_functions():
     return _igemm or None
 
 
+def _load_triton():
+    global _triton
+    if _triton is None:
+        try:
+            from . import triton_contmix
+        except ImportError as e:  # no triton, or one without triton.language
+            _triton = False
+            logger.info('triton is not available (%s): ContMix aggregation '
+                        'uses the PyTorch implementation.', e)
+        else:
+            _triton = triton_contmix
+    return _triton or None
+
+
+def triton_contmix(tensor):
+    """The Triton ContMix kernels (:mod:`overlock.ops.triton_contmix`) if
+    the ``kernels`` switch selects them for ``tensor``, else ``None``.
+
+    Raises:
+        RuntimeError: ``kernels='triton'`` but triton cannot be imported, or
+            a CPU tensor without ``TRITON_INTERPRET=1``.
+    """
+    mode = settings.kernels
+    if mode == 'torch' or (mode == 'auto' and not tensor.is_cuda):
+        return None
+    mod = _load_triton()
+    if mode == 'triton':
+        if mod is None:
+            raise RuntimeError(
+                "kernels='triton' (OVERLOCK_KERNELS) but triton cannot be "
+                "imported; install it (it comes with torch's CUDA wheels) or "
+                "use kernels='auto'.")
+        if not tensor.is_cuda and \
+                os.environ.get('TRITON_INTERPRET', '0') != '1':
+            raise RuntimeError(
+                "kernels='triton' on a CPU tensor needs the Triton "
+                'interpreter: set TRITON_INTERPRET=1 before the first use '
+                "(slow; meant for tests), or use kernels='auto'.")
+    return mod
+
+
 def accelerator_status() -> dict:
     """Which accelerators are installed and allowed (imports them)."""
     return dict(natten=natten_av() is not None,
-                igemm=igemm_functions() is not None)
+                igemm=igemm_functions() is not None,
+                triton=settings.kernels != 'torch' and
+                _load_triton() is not None)
 
-
-def _forget() -> None:
-    """Look the accelerators up again on next use (tests)."""
-    global _natten_av, _igemm
-    _natten_av = _igemm = None

@@ -10,9 +10,11 @@ One dispatch point, :func:`contmix_aggregate`:
 * CUDA with natten 0.17 installed: ``natten.functional.na2d_av``;
 * otherwise the custom op ``torch.ops.overlock.contmix_aggregate`` (forward
   and backward, seen as one op by autograd and by
-  ``torch.utils.flop_counter``), which runs one of two PyTorch
-  implementations, chosen per shape (the ``contmix`` switch; ``'auto'`` times
-  both once on CPU and takes the band one elsewhere):
+  ``torch.utils.flop_counter``), which runs the Triton kernels of
+  :mod:`.triton_contmix` (CUDA tensors when triton is installed, or any
+  tensor with ``kernels='triton'``; see :mod:`overlock.config`), else one of
+  two PyTorch implementations, chosen per shape (the ``contmix`` switch;
+  ``'auto'`` times both once on CPU and takes the band one elsewhere):
 
   * *slices*: ``K * K`` fused multiply-adds of shifted slices; few flops,
     many passes over the output, best for maps much wider than K;
@@ -36,7 +38,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import register_flop_formula
 
 from ..config import settings
-from .accelerators import natten_av
+from .accelerators import natten_av, triton_contmix
 from .autotune import AutoTuner
 
 __all__ = [
@@ -318,6 +320,9 @@ def aggregate_window_major(attn: torch.Tensor, value: torch.Tensor,
 @torch.library.custom_op('overlock::contmix_aggregate', mutates_args=())
 def _aggregate_op(attn: torch.Tensor, value: torch.Tensor,
                   kernel_size: int) -> torch.Tensor:
+    kernels = triton_contmix(value)
+    if kernels is not None:
+        return kernels.forward(attn, value, kernel_size)
     out = torch.zeros_like(value, memory_format=torch.contiguous_format)
     if _use_band(value, kernel_size):
         a6 = attn.unflatten(-1, (kernel_size, kernel_size))
@@ -338,7 +343,11 @@ def _aggregate_backward_op(grad_out: torch.Tensor, attn: torch.Tensor,
                            need_value: bool) -> Tuple[torch.Tensor,
                                                       torch.Tensor]:
     grad_out = grad_out.contiguous()
-    if _use_band(value, kernel_size):
+    kernels = triton_contmix(value)
+    if kernels is not None:
+        ga, gv = kernels.backward(grad_out, attn, value, kernel_size,
+                                  need_attn, need_value)
+    elif _use_band(value, kernel_size):
         a6 = attn.unflatten(-1, (kernel_size, kernel_size))
         ga, gv = _band_backward(a6, value, kernel_size, grad_out, need_attn,
                                 need_value)
@@ -427,7 +436,7 @@ def contmix_aggregate(attn: torch.Tensor, value: torch.Tensor,
     _check_aggregate_args(attn, value, kernel_size)
     if settings.reference:
         return contmix_aggregate_reference(attn, value, kernel_size)
-    if value.is_cuda:
+    if value.is_cuda and settings.kernels != 'triton':
         fn = natten_av()
         if fn is not None:
             return fn(attn, value, kernel_size=kernel_size)
