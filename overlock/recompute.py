@@ -8,9 +8,14 @@
 
 Either way the BatchNorm running statistics of a recomputed segment are put
 back after the recomputation, so that each training step updates them once.
+
+Under ``torch.compile`` nothing is recomputed (dynamo cannot trace the
+checkpoint's ``context_fn`` that keeps the statistics): same numbers, the
+memory of ``selective_cp=False, with_cp=False``; a log line says so once.
 """
 import contextlib
 import functools
+import logging
 from typing import Callable, Sequence
 
 import torch
@@ -46,11 +51,27 @@ class KeepRunningStats:
         self.saved = None
 
 
+_warned = []
+
+
+def _compiling() -> bool:
+    if not torch.compiler.is_compiling():
+        return False
+    if not _warned:
+        _warned.append(True)
+        logging.getLogger(__name__).info(
+            'torch.compile: OverLoCK runs without activation recomputation '
+            '(with_cp / selective_cp), same numbers, more memory.')
+    return True
+
+
 def recompute(fn: Callable, modules: Sequence[nn.Module], *args,
               preserve_rng_state: bool = False):
     """``fn(*args)`` whose intermediate tensors are recomputed in the
     backward instead of stored (BatchNorm statistics of ``modules`` updated
-    once)."""
+    once); under ``torch.compile`` simply ``fn(*args)``."""
+    if _compiling():
+        return fn(*args)
     return checkpoint(
         fn, *args, use_reentrant=False, preserve_rng_state=preserve_rng_state,
         context_fn=lambda: (contextlib.nullcontext(),

@@ -2,8 +2,14 @@ import io
 import json
 import lzma
 import os
+import shutil
 
-import torch
+# Without a GPU the Triton kernels run in Triton's interpreter; it must be on
+# before triton is first imported (torch imports it).
+if shutil.which('nvidia-smi') is None:
+    os.environ.setdefault('TRITON_INTERPRET', '1')
+
+import torch  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: compact copy of the official reference data (tools/misc/compact_reference.py)

@@ -1,17 +1,12 @@
 """The Triton ContMix kernels against the float64 reference, forward and both
 gradients, float32 / float16 / bfloat16. Without a GPU they run in Triton's
-interpreter (``TRITON_INTERPRET=1``, set here before the kernels load): the
-same code as on the GPU."""
-import os
-
+interpreter (``TRITON_INTERPRET=1``, set by conftest.py before triton is
+imported): the same code as on the GPU."""
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault('TRITON_INTERPRET', '1')
-
-import overlock  # noqa: E402
-from overlock.ops import contmix_aggregate, contmix_aggregate_reference  # noqa: E402,E501
+import overlock
+from overlock.ops import contmix_aggregate, contmix_aggregate_reference
 
 pytest.importorskip('triton')
 DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
