@@ -126,4 +126,3 @@ def accelerator_status() -> dict:
                 igemm=igemm_functions() is not None,
                 triton=settings.kernels != 'torch' and
                 _load_triton() is not None)
-
