@@ -47,17 +47,15 @@ MODULES = _modules()
 
 
 def _imports(name, path):
-    """``[(imported module, at module level)]`` of one file."""
+    """``[(imported module, at import time)]`` of one file: an import runs
+    at import time unless it sits inside a function."""
     tree = ast.parse(open(path).read(), path)
     is_pkg = path.endswith('__init__.py')
     base = name.split('.') if is_pkg else name.split('.')[:-1]
-    top_level = set(map(id, tree.body))
     found = []
 
     def visit(node, top):
         for child in ast.iter_child_nodes(node):
-            child_top = top and id(child) in top_level or (
-                top and isinstance(child, (ast.If, ast.Try)))
             if isinstance(child, ast.Import):
                 found.extend((a.name, top) for a in child.names)
             elif isinstance(child, ast.ImportFrom):
@@ -71,10 +69,8 @@ def _imports(name, path):
                     sub = f'{mod}.{a.name}'
                     if sub in MODULES:
                         found.append((sub, top))
-            visit(child, child_top if isinstance(
-                child, (ast.If, ast.Try, ast.ExceptHandler)) else
-                (top and id(child) in top_level and not isinstance(
-                    child, (ast.FunctionDef, ast.ClassDef))))
+            visit(child, top and not isinstance(
+                child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
 
     visit(tree, True)
     return found

@@ -93,6 +93,6 @@ def test_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):
 def test_default_kernels_leave_cpu_tensors_to_pytorch(monkeypatch):
     from overlock.ops import accelerators
     assert overlock.get_options()['kernels'] == 'auto'
-    assert accelerators.triton_contmix(torch.zeros(1)) is None
+    assert accelerators.triton_kernels(torch.zeros(1)) is None
     with overlock.options(kernels='torch'):
-        assert accelerators.triton_contmix(torch.zeros(1)) is None
+        assert accelerators.triton_kernels(torch.zeros(1)) is None

@@ -16,7 +16,7 @@ from ..config import settings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ['natten_av', 'igemm_functions', 'triton_contmix',
+__all__ = ['natten_av', 'igemm_functions', 'triton_kernels',
            'accelerator_status']
 
 # ``None``: not looked up yet, ``False``: unavailable.
@@ -93,7 +93,7 @@ def _load_triton():
     return _triton or None
 
 
-def triton_contmix(tensor):
+def triton_kernels(tensor):
     """The Triton ContMix kernels (:mod:`overlock.ops.triton_contmix`) if
     the ``kernels`` switch selects them for ``tensor``, else ``None``.
 

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import register_flop_formula
 
 from ..config import settings
-from .accelerators import natten_av, triton_contmix
+from .accelerators import natten_av, triton_kernels
 from .autotune import AutoTuner
 
 __all__ = [
@@ -320,7 +320,7 @@ def aggregate_window_major(attn: torch.Tensor, value: torch.Tensor,
 @torch.library.custom_op('overlock::contmix_aggregate', mutates_args=())
 def _aggregate_op(attn: torch.Tensor, value: torch.Tensor,
                   kernel_size: int) -> torch.Tensor:
-    kernels = triton_contmix(value)
+    kernels = triton_kernels(value)
     if kernels is not None:
         return kernels.forward(attn, value, kernel_size)
     out = torch.zeros_like(value, memory_format=torch.contiguous_format)
@@ -343,7 +343,7 @@ def _aggregate_backward_op(grad_out: torch.Tensor, attn: torch.Tensor,
                            need_value: bool) -> Tuple[torch.Tensor,
                                                       torch.Tensor]:
     grad_out = grad_out.contiguous()
-    kernels = triton_contmix(value)
+    kernels = triton_kernels(value)
     if kernels is not None:
         ga, gv = kernels.backward(grad_out, attn, value, kernel_size,
                                   need_attn, need_value)
