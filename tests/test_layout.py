@@ -25,7 +25,8 @@ OPENMMLAB = ('mmengine', 'mmcv', 'mmdet', 'mmseg', 'mmpretrain')
 OPTIONAL = ('natten', 'depthwise_conv2d_implicit_gemm', 'numpy', 'triton')
 #: modules that only load lazily (never imported at module level), and the
 #: optional package each may import at its top
-LAZY_MODULES = {'overlock.ops.triton_contmix': ('triton', )}
+LAZY_MODULES = {'overlock.ops.triton_contmix': ('triton', ),
+                'overlock.ops.triton_dwconv': ('triton', )}
 
 
 def _modules():

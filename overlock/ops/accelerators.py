@@ -79,23 +79,38 @@ def igemm_functions():
     return _igemm or None
 
 
-def _load_triton():
+def _load_triton(name='triton_contmix'):
+    """The Triton module ``overlock.ops.<name>``, or ``None`` when triton
+    cannot be imported (looked up once)."""
     global _triton
     if _triton is None:
         try:
-            from . import triton_contmix
+            import triton  # noqa: F401
+            import triton.language  # noqa: F401
         except ImportError as e:  # no triton, or one without triton.language
             _triton = False
             logger.info('triton is not available (%s): ContMix aggregation '
-                        'uses the PyTorch implementation.', e)
+                        'and depthwise convolutions use the PyTorch '
+                        'implementations.', e)
         else:
-            _triton = triton_contmix
-    return _triton or None
+            _triton = {}
+    if _triton is False:
+        return None
+    if name not in _triton:
+        if name == 'triton_contmix':
+            from . import triton_contmix as mod
+        elif name == 'triton_dwconv':
+            from . import triton_dwconv as mod
+        else:
+            raise ValueError(f'no Triton module {name!r}')
+        _triton[name] = mod
+    return _triton[name]
 
 
-def triton_kernels(tensor):
-    """The Triton ContMix kernels (:mod:`overlock.ops.triton_contmix`) if
-    the ``kernels`` switch selects them for ``tensor``, else ``None``.
+def triton_kernels(tensor, name='triton_contmix'):
+    """The Triton kernels ``overlock.ops.<name>`` (:mod:`.triton_contmix`,
+    :mod:`.triton_dwconv`) if the ``kernels`` switch selects them for
+    ``tensor``, else ``None``.
 
     Raises:
         RuntimeError: ``kernels='triton'`` but triton cannot be imported, or
@@ -104,20 +119,21 @@ def triton_kernels(tensor):
     mode = settings.kernels
     if mode == 'torch' or (mode == 'auto' and not tensor.is_cuda):
         return None
-    mod = _load_triton()
     if mode == 'triton':
-        if mod is None:
-            raise RuntimeError(
-                "kernels='triton' (OVERLOCK_KERNELS) but triton cannot be "
-                "imported; install it (it comes with torch's CUDA wheels) or "
-                "use kernels='auto'.")
         if not tensor.is_cuda and \
                 os.environ.get('TRITON_INTERPRET', '0') != '1':
             raise RuntimeError(
                 "kernels='triton' on a CPU tensor needs the Triton "
                 'interpreter: set TRITON_INTERPRET=1 before the first use '
                 "(slow; meant for tests), or use kernels='auto'.")
-    return mod
+        mod = _load_triton(name)
+        if mod is None:
+            raise RuntimeError(
+                "kernels='triton' (OVERLOCK_KERNELS) but triton cannot be "
+                "imported; install it (it comes with torch's CUDA wheels) or "
+                "use kernels='auto'.")
+        return mod
+    return _load_triton(name)
 
 
 def accelerator_status() -> dict:

@@ -1,8 +1,16 @@
 """Stride-1 depthwise convolutions with "same" padding: one dispatch point,
 :func:`depthwise_conv2d`, for every depthwise convolution of the model.
 
-* CUDA: ``F.conv2d`` (cuDNN), or ``depthwise_conv2d_implicit_gemm`` for the
-  large kernels when installed (``large_kernel=True``);
+* CUDA: ``depthwise_conv2d_implicit_gemm`` for the large kernels when
+  installed (``large_kernel=True``); otherwise the custom op
+  ``torch.ops.overlock.depthwise_conv2d`` (forward and backward seen as one
+  op by autograd, autocast and ``torch.compile``), which runs, per shape and
+  separately for the forward and the backward, whichever of cuDNN
+  (``F.conv2d`` and its backward) and the Triton kernels of
+  :mod:`.triton_dwconv` was faster when first timed (bounded cache);
+* ``kernels='triton'`` (``OVERLOCK_KERNELS=triton``): the Triton kernels for
+  every float32/16/bfloat16 tensor, also on CPU with ``TRITON_INTERPRET=1``
+  (how the tests run the GPU code); ``kernels='torch'``: never;
 * CPU (float32/64): the forward in whichever memory layout (and, for dilated
   kernels, dilated or zero-inserted dense kernel) is fastest for the shape,
   timed once (:class:`~overlock.ops.autotune.AutoTuner`); the backward takes
@@ -12,14 +20,15 @@
 * ``cpu_conv='aten'`` or the reference mode: plain ``F.conv2d``.
 """
 import functools
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
+from torch.utils.flop_counter import register_flop_formula
 
 from ..config import settings
-from .accelerators import igemm_functions
+from .accelerators import igemm_functions, triton_kernels
 from .autotune import AutoTuner
 from .cpu import is_channels_last, layout_of
 
@@ -133,6 +142,167 @@ class _DepthwiseConvCPU(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None
 
 
+# --------------------------------------------------------------------------
+# The custom op (CUDA, or kernels='triton'): cuDNN or Triton per shape
+# --------------------------------------------------------------------------
+_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_cuda_plans = AutoTuner('depthwise conv on CUDA (cudnn, triton)', maxsize=256)
+
+
+def _cudnn_backward(grad_out, x, weight, padding, dilation, need_x, need_w):
+    gx, gw, _ = torch.ops.aten.convolution_backward(
+        grad_out, x, weight, None, [1, 1], [padding, padding],
+        [dilation, dilation], False, [0, 0], weight.shape[0],
+        [need_x, need_w, False])
+    return gx, gw
+
+
+def _timing_candidates(mod, stage, x, weight, padding, dilation):
+    xd, wd = x.detach(), weight.detach()
+
+    def synced(fn):
+        def run():
+            with torch.no_grad():
+                fn()
+            torch.cuda.synchronize(x.device)
+        return run
+
+    if stage == 'forward':
+        return [('cudnn', synced(lambda: F.conv2d(
+            xd, wd, None, 1, padding, dilation, wd.shape[0]))),
+                ('triton', synced(lambda: mod.forward(
+                    xd, wd, None, padding, dilation)))]
+    # backward: x stands in for the output gradient (same shape)
+    return [('cudnn', synced(lambda: _cudnn_backward(
+        xd, xd, wd, padding, dilation, True, True))),
+            ('triton', synced(lambda: (
+                mod.input_grad(xd, wd, padding, dilation),
+                mod.weight_grad(xd, xd, wd.shape[-1], padding, dilation))))]
+
+
+def _triton_for(x, weight, padding, dilation, stage):
+    """The Triton module if it runs this convolution's ``stage``
+    (``'forward'`` / ``'backward'``), else ``None`` (cuDNN)."""
+    mod = triton_kernels(x, 'triton_dwconv')
+    if mod is None or settings.kernels == 'triton' or not x.is_cuda:
+        return mod
+    key = (stage, tuple(x.shape), weight.shape[-1], dilation, x.dtype,
+           x.device.index)
+    choice = _cuda_plans.choose(key, lambda: _timing_candidates(
+        mod, stage, x, weight, padding, dilation))
+    return mod if choice == 'triton' else None
+
+
+@torch.library.custom_op('overlock::depthwise_conv2d', mutates_args=())
+def _conv_op(x: torch.Tensor, weight: torch.Tensor,
+             bias: Optional[torch.Tensor], padding: int,
+             dilation: int) -> torch.Tensor:
+    mod = _triton_for(x, weight, padding, dilation, 'forward')
+    if mod is not None:
+        return mod.forward(x, weight, bias, padding, dilation)
+    return F.conv2d(x, weight, bias, 1, padding, dilation,
+                    weight.shape[0]).contiguous()
+
+
+@_conv_op.register_fake
+def _(x, weight, bias, padding, dilation):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op('overlock::depthwise_conv2d_backward',
+                         mutates_args=())
+def _conv_backward_op(grad_out: torch.Tensor, x: torch.Tensor,
+                      weight: torch.Tensor, padding: int, dilation: int,
+                      need_x: bool, need_w: bool,
+                      need_b: bool) -> Tuple[torch.Tensor, torch.Tensor,
+                                             torch.Tensor]:
+    grad_out = grad_out.contiguous()
+    mod = _triton_for(x, weight, padding, dilation, 'backward')
+    if mod is not None:
+        gx = mod.input_grad(grad_out, weight, padding, dilation) \
+            if need_x else None
+        gw = mod.weight_grad(x, grad_out, weight.shape[-1], padding,
+                             dilation) if need_w else None
+    else:
+        gx, gw = _cudnn_backward(grad_out, x, weight, padding, dilation,
+                                 need_x, need_w)
+    gb = grad_out.sum((0, 2, 3), dtype=torch.float32).to(grad_out.dtype) \
+        if need_b else None
+    # custom ops return tensors: empty ones stand for "not needed"
+    return (gx if need_x else x.new_empty(0),
+            gw if need_w else weight.new_empty(0),
+            gb if need_b else x.new_empty(0))
+
+
+@_conv_backward_op.register_fake
+def _(grad_out, x, weight, padding, dilation, need_x, need_w, need_b):
+    return (torch.empty_like(x, memory_format=torch.contiguous_format)
+            if need_x else x.new_empty(0),
+            torch.empty_like(weight) if need_w else weight.new_empty(0),
+            x.new_empty(x.shape[1]) if need_b else x.new_empty(0))
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, padding, dilation = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.conf = (padding, dilation, bias is not None)
+
+
+def _backward(ctx, grad_out):
+    x, weight = ctx.saved_tensors
+    padding, dilation, has_bias = ctx.conf
+    need_x, need_w, need_b = ctx.needs_input_grad[:3]
+    need_b = need_b and has_bias
+    gx, gw, gb = _conv_backward_op(grad_out, x, weight, padding, dilation,
+                                   need_x, need_w, need_b)
+    return (gx if need_x else None, gw if need_w else None,
+            gb if need_b else None, None, None)
+
+
+_conv_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _macs(x_shape, weight_shape) -> int:
+    n, c, h, w = x_shape
+    return n * c * h * w * weight_shape[-1] * weight_shape[-2]
+
+
+@register_flop_formula(torch.ops.overlock.depthwise_conv2d)
+def _conv_flops(x_shape, weight_shape, *args, **kwargs):
+    return 2 * _macs(x_shape, weight_shape)
+
+
+@register_flop_formula(torch.ops.overlock.depthwise_conv2d_backward)
+def _conv_backward_flops(grad_shape, x_shape, weight_shape, padding,
+                         dilation, need_x, need_w, need_b, *args, **kwargs):
+    return 2 * _macs(x_shape, weight_shape) * (int(need_x) + int(need_w))
+
+
+def _op_applies(x, weight, padding, dilation) -> bool:
+    """Whether the custom op may take this convolution: a contiguous 4-D
+    float32/16/bfloat16 input, an odd "same" kernel, a Triton-capable device
+    (CUDA, or CPU with ``kernels='triton'``)."""
+    k = weight.shape[-1]
+    return (settings.kernels != 'torch' and not settings.reference
+            and (x.is_cuda or settings.kernels == 'triton')
+            and x.dim() == 4 and x.dtype in _TRITON_DTYPES
+            and x.is_contiguous() and k % 2 == 1
+            and tuple(weight.shape) == (x.shape[1], 1, k, k)
+            and 2 * padding == dilation * (k - 1)
+            and triton_kernels(x, 'triton_dwconv') is not None)
+
+
+def _autocast(x, weight, bias):
+    """Under autocast, the dtype ``F.conv2d`` would run in (the custom op
+    is not on autocast's list, so it is cast here)."""
+    device = x.device.type
+    if not torch.is_autocast_enabled(device):
+        return x, weight, bias
+    dtype = torch.get_autocast_dtype(device)
+    return (x.to(dtype), weight.to(dtype),
+            bias.to(dtype) if bias is not None else None)
+
+
 def _igemm_conv(x, weight, bias):
     impl = igemm_functions()
     if impl is None:
@@ -158,13 +328,17 @@ def depthwise_conv2d(x: torch.Tensor,
         large_kernel (bool): An undilated "same" large kernel: may use
             ``depthwise_conv2d_implicit_gemm`` on CUDA. Defaults to False.
     """
-    if x.is_cuda:
-        if large_kernel:
+    if x.is_cuda or settings.kernels == 'triton':
+        if x.is_cuda and large_kernel and settings.kernels != 'triton':
             out = _igemm_conv(x, weight, bias)
             if out is not None:
                 return out
-        return F.conv2d(x, weight, bias, 1, padding, dilation,
-                        weight.shape[0])
+        xc, wc, bc = _autocast(x, weight, bias)
+        if _op_applies(xc, wc, padding, dilation):
+            return _conv_op(xc, wc, bc, padding, dilation)
+        if x.is_cuda:
+            return F.conv2d(x, weight, bias, 1, padding, dilation,
+                            weight.shape[0])
     if settings.cpu_conv == 'aten' or settings.reference or \
             x.dtype not in (torch.float32, torch.float64) or x.dim() != 4:
         return F.conv2d(x, weight, bias, 1, padding, dilation,
