@@ -37,17 +37,20 @@ EXTRA=()
 if [ -n "${ITERS:-}" ]; then EXTRA=(--cfg-options "train_cfg.max_iters=$ITERS" "train_cfg.val_interval=$ITERS"); fi
 
 start=$(date +%s)
-echo "[main] training $CONFIG on $GPUS processes -> $WORK_DIR"
-bash tools/dist_train.sh "$CONFIG" "$GPUS" --work-dir "$WORK_DIR" --no-validate "${EXTRA[@]}"
+echo "[main] training $CONFIG on $GPUS processes -> $WORK_DIR (full log: $WORK_DIR/<timestamp>/<timestamp>.log)"
+bash tools/dist_train.sh "$CONFIG" "$GPUS" --work-dir "$WORK_DIR" --no-validate \
+    --console brief "${EXTRA[@]}"
 CKPT=$(cat "$WORK_DIR/last_checkpoint")
-echo "[main] trained in $(( $(date +%s) - start )) s; evaluating $CKPT"
-rm -rf "$WORK_DIR/vis"
+trained=$(( $(date +%s) - start ))
+echo "[main] trained in $trained s; evaluating $CKPT"
 bash tools/dist_test.sh "$CONFIG" "$CKPT" "$GPUS" "${EVAL[@]}" \
-    --work-dir "$WORK_DIR/test" --show-dir "$WORK_DIR/vis" "${EXTRA[@]}"
+    --work-dir "$WORK_DIR/test" --console brief "${EXTRA[@]}"
+echo "[main] drawing every validation image (ground truth | prediction)"
 mkdir -p outputs
-VIS=$(find "$WORK_DIR" -path '*vis*' -name '*.png' | sort | head -n 1)
-if [ -n "$VIS" ]; then
-    cp "$VIS" "outputs/toy_${TASK}_prediction.png"
-    echo "[main] predictions drawn in outputs/toy_${TASK}_prediction.png (all: $WORK_DIR/vis)"
-fi
-echo "[main] done in $(( $(date +%s) - start )) s"
+rm -rf "$WORK_DIR/vis"
+python tools/analysis/draw_predictions.py "$CONFIG" "$CKPT" \
+    --out-dir "$WORK_DIR/vis" --typical "outputs/toy_${TASK}_prediction.png" \
+    "${EXTRA[@]}"
+python tools/misc/summarize_run.py --task "$TASK" --work-dir "$WORK_DIR" \
+    --checkpoint "$CKPT" --picture "outputs/toy_${TASK}_prediction.png" \
+    --train-seconds "$trained" --total-seconds "$(( $(date +%s) - start ))"

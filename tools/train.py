@@ -19,8 +19,8 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.logging import print_log  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
 
+from overlock_mm.console import CONSOLE_MODES, runner_class  # noqa
 from overlock_mm.runtime import mmengine_checkpoints, prepare_runtime  # noqa
 
 
@@ -42,6 +42,10 @@ def parse_args(argv=None):
         '--cfg-options', nargs='+', action=DictAction,
         help='override config settings, key=value (e.g. '
         'train_cfg.max_iters=100)')
+    p.add_argument(
+        '--console', choices=CONSOLE_MODES, default='full',
+        help='brief: progress and results on the terminal, the config and '
+        'environment dumps and per-parameter lines only in the log file')
     p.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                    default='none', help='job launcher')
     p.add_argument('--local_rank', '--local-rank', type=int, default=0)
@@ -87,7 +91,7 @@ def main(argv=None):
 
     prepare_runtime(cfg, args.launcher)
     runner = RUNNERS.build(cfg) if 'runner_type' in cfg \
-        else Runner.from_cfg(cfg)
+        else runner_class(args.console).from_cfg(cfg)
     with mmengine_checkpoints():
         runner.train()
 
