@@ -90,8 +90,16 @@ class GRN(nn.Module):
         self.beta = nn.Parameter(torch.zeros(1, dim, 1, 1))
 
     def scale(self, x):
-        """The per-sample, per-channel factor: ``GRN(x) = x * scale + beta``."""
-        gx = spatial_l2_norm(x)
+        """The per-sample, per-channel factor: ``GRN(x) = x * scale + beta``.
+
+        For float16 / bfloat16 ``x`` (autocast) the norms and the factor are
+        computed in float32: a sum of squares over a detection-sized map
+        overflows float16, and bfloat16 keeps 8 bits of it."""
+        if x.dtype in (torch.float16, torch.bfloat16):
+            gx = torch.linalg.vector_norm(x, 2, dim=(2, 3), keepdim=True,
+                                          dtype=torch.float32)
+        else:
+            gx = spatial_l2_norm(x)
         nx = gx / (gx.mean(dim=1, keepdim=True) + 1e-6)
         return torch.addcmul(torch.ones_like(self.gamma), self.gamma, nx)
 
@@ -100,8 +108,11 @@ class GRN(nn.Module):
             gx = torch.norm(x, p=2, dim=(2, 3), keepdim=True)
             nx = gx / (gx.mean(dim=1, keepdim=True) + 1e-6)
             return x + self.beta + self.gamma * nx * x
-        # x + beta + gamma * nx * x, in one pass over x
-        return torch.addcmul(self.beta, x, self.scale(x))
+        # x + beta + gamma * nx * x, in one pass over x (in x's dtype: under
+        # autocast the float32 factor and shift are rounded to it, not x
+        # promoted to float32)
+        return torch.addcmul(self.beta.to(x.dtype), x,
+                             self.scale(x).to(x.dtype))
 
 
 class SEModule(nn.Module):

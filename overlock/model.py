@@ -22,6 +22,7 @@ are in :mod:`overlock.archs`, layers in :mod:`overlock.layers`, kernels in
 inference path in :mod:`overlock.fused` and the switches in
 :mod:`overlock.config`.
 """
+import contextlib
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -94,6 +95,20 @@ def _grn_mlp(block: Recompute, mlp: GRNMlp, x):
     """The GRN MLP; GELU -> ResDWConv -> GRN recomputed in the backward."""
     h = block._cheap([mlp.act, mlp.dwconv, mlp.grn], mlp.fc1(x))
     return mlp.fc2(h)
+
+
+@contextlib.contextmanager
+def _float32_logits(x: torch.Tensor):
+    """Under autocast: a region without it, yielding a cast to float32 (the
+    ContMix logits and softmax: up to 17 * 17 + 25 logits per pixel, whose
+    bfloat16 rounding would move the weights by ~1 %). Otherwise nothing
+    changes (the cast is the identity)."""
+    device = x.device.type
+    if not torch.is_autocast_enabled(device):
+        yield lambda t: t
+        return
+    with torch.autocast(device, enabled=False):
+        yield lambda t: t.float()
 
 
 class DynamicConvBlock(Recompute, nn.Module):
@@ -173,19 +188,22 @@ class DynamicConvBlock(Recompute, nn.Module):
         key = self.weight_key(key)
         query = query.reshape(b, g, -1, h * w)  # B g c HW
         key = key.reshape(b, g, -1, 49)  # B g c 49
-        # affinity (HW x 49) followed by the 49 -> S^2 + K^2 projection,
-        # computed in the cheaper order: q^T (k W^T) + bias.
-        proj_w = self.weight_proj.weight.view(-1, 49)
-        attn = torch.matmul(
-            query.transpose(-2, -1), torch.matmul(key, proj_w.t()))
-        attn = attn + self.weight_proj.bias
-        attn1, attn2 = torch.split(attn, [small * small, large * large], -1)
-        attn1 = attn1 + self.rpb1.flatten(1)[:, bias_index(
-            h, w, small, attn.device)]
-        attn2 = attn2 + self.rpb2.flatten(1)[:, bias_index(
-            h, w, large, attn.device)]
-        attn1 = attn1.softmax(dim=-1).view(b, g, h, w, -1)
-        attn2 = attn2.softmax(dim=-1).view(b, g, h, w, -1)
+        with _float32_logits(x) as fp32:
+            # affinity (HW x 49) followed by the 49 -> S^2 + K^2 projection,
+            # computed in the cheaper order: q^T (k W^T) + bias.
+            proj_w = self.weight_proj.weight.view(-1, 49)
+            attn = torch.matmul(
+                fp32(query).transpose(-2, -1),
+                torch.matmul(fp32(key), proj_w.t()))
+            attn = attn + self.weight_proj.bias
+            attn1, attn2 = torch.split(attn, [small * small, large * large],
+                                       -1)
+            attn1 = attn1 + self.rpb1.flatten(1)[:, bias_index(
+                h, w, small, attn.device)]
+            attn2 = attn2 + self.rpb2.flatten(1)[:, bias_index(
+                h, w, large, attn.device)]
+            attn1 = attn1.softmax(dim=-1).view(b, g, h, w, -1)
+            attn2 = attn2.softmax(dim=-1).view(b, g, h, w, -1)
         value = x.reshape(b, 2, g, c // (2 * g), h, w).permute(1, 0, 2, 4, 5, 3)
         x1 = contmix_aggregate(attn1, value[0].contiguous(), small)
         x2 = contmix_aggregate(attn2, value[1].contiguous(), large)

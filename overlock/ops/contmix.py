@@ -317,17 +317,25 @@ def aggregate_window_major(attn: torch.Tensor, value: torch.Tensor,
 # --------------------------------------------------------------------------
 # The custom op (autograd and the FLOP counter see one op)
 # --------------------------------------------------------------------------
+#: dtypes the PyTorch implementations run in float32 (then cast back)
+_HALF = (torch.float16, torch.bfloat16)
+
+
 @torch.library.custom_op('overlock::contmix_aggregate', mutates_args=())
 def _aggregate_op(attn: torch.Tensor, value: torch.Tensor,
                   kernel_size: int) -> torch.Tensor:
     kernels = triton_kernels(value)
     if kernels is not None:
         return kernels.forward(attn, value, kernel_size)
+    dtype = value.dtype
+    if dtype in _HALF:  # the PyTorch paths accumulate in their input dtype
+        attn, value = attn.float(), value.float()
     out = torch.zeros_like(value, memory_format=torch.contiguous_format)
     if _use_band(value, kernel_size):
         a6 = attn.unflatten(-1, (kernel_size, kernel_size))
-        return _band_forward(a6, value, kernel_size, out)
-    return _slices_forward(_window_major(attn), value, kernel_size, out)
+        return _band_forward(a6, value, kernel_size, out).to(dtype)
+    return _slices_forward(_window_major(attn), value, kernel_size,
+                           out).to(dtype)
 
 
 @_aggregate_op.register_fake
@@ -344,6 +352,9 @@ def _aggregate_backward_op(grad_out: torch.Tensor, attn: torch.Tensor,
                                                       torch.Tensor]:
     grad_out = grad_out.contiguous()
     kernels = triton_kernels(value)
+    dtype = value.dtype
+    if kernels is None and dtype in _HALF:  # accumulate in float32
+        grad_out, attn, value = grad_out.float(), attn.float(), value.float()
     if kernels is not None:
         ga, gv = kernels.backward(grad_out, attn, value, kernel_size,
                                   need_attn, need_value)
@@ -355,8 +366,8 @@ def _aggregate_backward_op(grad_out: torch.Tensor, attn: torch.Tensor,
         ga, gv = _slices_backward(_window_major(attn), value, kernel_size,
                                   grad_out, need_attn, need_value)
     # custom ops return tensors: empty ones stand for "not needed"
-    return (ga if need_attn else attn.new_empty(0),
-            gv if need_value else value.new_empty(0))
+    return (ga.to(dtype) if need_attn else attn.new_empty(0, dtype=dtype),
+            gv.to(dtype) if need_value else value.new_empty(0, dtype=dtype))
 
 
 @_aggregate_backward_op.register_fake

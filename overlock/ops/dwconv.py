@@ -293,14 +293,19 @@ def _op_applies(x, weight, padding, dilation) -> bool:
 
 
 def _autocast(x, weight, bias):
-    """Under autocast, the dtype ``F.conv2d`` would run in (the custom op
-    is not on autocast's list, so it is cast here)."""
+    """Under autocast, the tensors cast as ``F.conv2d`` would cast them
+    (autocast does not know the custom ops and the CPU autograd function,
+    and their backward runs without autocast, so they get one dtype here)."""
     device = x.device.type
     if not torch.is_autocast_enabled(device):
         return x, weight, bias
     dtype = torch.get_autocast_dtype(device)
-    return (x.to(dtype), weight.to(dtype),
-            bias.to(dtype) if bias is not None else None)
+
+    def cast(t):  # autocast leaves float64 alone
+        return t.to(dtype) if t is not None and t.dtype != torch.float64 \
+            else t
+
+    return cast(x), cast(weight), cast(bias)
 
 
 def _igemm_conv(x, weight, bias):
@@ -328,14 +333,14 @@ def depthwise_conv2d(x: torch.Tensor,
         large_kernel (bool): An undilated "same" large kernel: may use
             ``depthwise_conv2d_implicit_gemm`` on CUDA. Defaults to False.
     """
+    x, weight, bias = _autocast(x, weight, bias)
     if x.is_cuda or settings.kernels == 'triton':
         if x.is_cuda and large_kernel and settings.kernels != 'triton':
             out = _igemm_conv(x, weight, bias)
             if out is not None:
                 return out
-        xc, wc, bc = _autocast(x, weight, bias)
-        if _op_applies(xc, wc, padding, dilation):
-            return _conv_op(xc, wc, bc, padding, dilation)
+        if _op_applies(x, weight, padding, dilation):
+            return _conv_op(x, weight, bias, padding, dilation)
         if x.is_cuda:
             return F.conv2d(x, weight, bias, 1, padding, dilation,
                             weight.shape[0])
