@@ -20,16 +20,17 @@ def readme():
 setup(
     name='overlock-mm',
     version=version(),
-    description='OverLoCK (CVPR 2025) backbone for PyTorch, timm, MMDetection '
-    '3.x and MMSegmentation 1.x',
+    description='OverLoCK (CVPR 2025) backbone for PyTorch, timm, MMPretrain 1.x, '
+    'MMDetection 3.x and MMSegmentation 1.x',
     long_description=readme(),
     long_description_content_type='text/markdown',
     license='Apache-2.0',
     python_requires='>=3.8',
     packages=find_packages(include=['overlock*', 'mmdet_overlock*',
-                                    'mmseg_overlock*']),
+                                    'mmseg_overlock*', 'mmpretrain_overlock*']),
     # Tested: torch 2.12.1 + torchvision 0.27.1, timm 1.0.x, mmengine 0.10.7,
-    # mmcv 2.1.0 (built with ops), mmdet 3.3.0, mmsegmentation 1.2.2.
+    # mmcv 2.1.0 (built with ops), mmdet 3.3.0, mmsegmentation 1.2.2,
+    # mmpretrain 1.2.0.
     install_requires=[
         'torch>=2.1,<2.14',
         'torchvision>=0.16',
@@ -41,6 +42,7 @@ setup(
             'mmcv>=2.1.0,<2.2.0',
             'mmdet>=3.3.0,<3.4',
             'mmsegmentation>=1.2.2,<1.3',
+            'mmpretrain>=1.2.0,<1.3',
             'ftfy',
             'regex',
             'pycocotools',

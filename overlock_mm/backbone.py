@@ -43,23 +43,33 @@ class OverLoCKBackbone(OverLoCK, BaseModule):
         BaseModule.init_weights(self)
 
 
-def register_backbone(registry, name: str = 'OverLoCK') -> None:
-    """Register :class:`OverLoCKBackbone` in ``registry`` under ``name``.
+def register_backbone(registry, name: str = 'OverLoCK',
+                      module: Optional[type] = None) -> None:
+    """Register ``module`` (default :class:`OverLoCKBackbone`) in
+    ``registry`` under ``name``.
 
     Importing the registering package twice is harmless; another class
     already registered under ``name`` is an error (nothing is replaced).
+
+    Args:
+        registry (mmengine.registry.Registry): Where to register.
+        name (str): The name configs use as ``type``. Defaults to
+            ``'OverLoCK'``.
+        module (type, optional): The class to register. Defaults to None
+            (:class:`OverLoCKBackbone`).
     """
+    module = OverLoCKBackbone if module is None else module
     existing = registry.module_dict.get(name)
-    if existing is OverLoCKBackbone:
+    if existing is module:
         return
     if existing is not None:
         raise KeyError(
             f'{registry.scope}.{registry.name} already has a module named '
             f'{name!r} ({existing.__module__}.{existing.__qualname__}); '
-            f'OverLoCK would replace it. Remove the other registration, or '
-            f'register ours under another name with overlock_mm.'
-            f"register_backbone(MODELS, name='...') and use that name as "
-            f'the backbone type in the config.')
-    registry.register_module(name, module=OverLoCKBackbone)
+            f'{module.__name__} would replace it. Remove the other '
+            f'registration, or register ours under another name with '
+            f"overlock_mm.register_backbone(MODELS, name='...') and use that "
+            f'name as the type in the config.')
+    registry.register_module(name, module=module)
     logging.getLogger(__name__).debug('registered %s in %s.%s', name,
                                       registry.scope, registry.name)

@@ -1,7 +1,7 @@
 """Runtime helpers of ``tools/train.py`` and ``tools/test.py`` (and of the
 tests and ``tools/analysis``): CPU runtime, ``--eval`` metrics, safe resuming,
-config -> model. Needs mmengine; imports mmdet / mmseg only through a
-config's ``custom_imports``, as the mm runner does.
+config -> model. Needs mmengine; imports mmdet / mmseg / mmpretrain only
+through a config's ``custom_imports``, as the mm runner does.
 """
 import contextlib
 import importlib
@@ -23,6 +23,14 @@ __all__ = [
 EVAL_METRICS = {
     'mmdet': ('bbox', 'segm', 'proposal', 'proposal_fast'),
     'mmseg': ('mIoU', 'mDice', 'mFscore'),
+    'mmpretrain': ('accuracy', 'ece'),
+}
+
+#: the evaluator each mmpretrain ``--eval`` name adds (unless the config's
+#: test evaluator already has one of that type, whose settings are kept)
+PRETRAIN_EVALUATORS = {
+    'accuracy': dict(type='Accuracy', topk=(1, 5)),
+    'ece': dict(type='ExpectedCalibrationError', n_bins=15),
 }
 
 
@@ -92,6 +100,8 @@ def prepare_runtime(cfg, launcher: str = 'none') -> None:
     if torch.cuda.is_available():
         return
     _replace_sync_bn(cfg._cfg_dict if hasattr(cfg, '_cfg_dict') else cfg)
+    if cfg.get('sync_bn') is not None:  # the runner's SyncBN conversion
+        cfg.sync_bn = None
     env = cfg.setdefault('env_cfg', {})
     env.setdefault('dist_cfg', {})['backend'] = 'gloo'
     if cfg.get('optim_wrapper', {}).get('type') == 'AmpOptimWrapper':
@@ -117,7 +127,9 @@ def apply_eval_metrics(cfg, metrics) -> None:
     """Map the 1.x ``--eval`` habit onto the config's test evaluator.
 
     Detection: ``bbox``, ``segm``, ``proposal`` (COCO metric). Segmentation:
-    ``mIoU``, ``mDice``, ``mFscore`` (IoU metric).
+    ``mIoU``, ``mDice``, ``mFscore`` (IoU metric). Classification:
+    ``accuracy`` (top-1 / top-5), ``ece`` (expected calibration error): the
+    test evaluator becomes these metrics, in that order.
 
     Raises:
         ValueError: a metric that the config's task does not have.
@@ -125,8 +137,9 @@ def apply_eval_metrics(cfg, metrics) -> None:
     scope = cfg.get('default_scope', 'mmdet')
     valid = EVAL_METRICS.get(scope)
     if valid is None:
-        raise ValueError(f'--eval is supported for mmdet and mmseg configs, '
-                         f'this config has default_scope={scope!r}')
+        raise ValueError(f'--eval is supported for mmdet, mmseg and '
+                         f'mmpretrain configs, this config has '
+                         f'default_scope={scope!r}')
     bad = [m for m in metrics if m not in valid]
     if bad:
         raise ValueError(f'Unknown --eval metric(s) {bad} for a {scope} '
@@ -134,6 +147,15 @@ def apply_eval_metrics(cfg, metrics) -> None:
     evaluators = cfg.test_evaluator
     if isinstance(evaluators, dict):
         evaluators = [evaluators]
+    if scope == 'mmpretrain':
+        chosen = []
+        for m in dict.fromkeys(metrics):
+            default = PRETRAIN_EVALUATORS[m]
+            chosen.append(next(
+                (e for e in evaluators if e.get('type') == default['type']),
+                dict(default)))
+        cfg.test_evaluator = chosen
+        return
     key = 'metric' if scope == 'mmdet' else 'iou_metrics'
     want = 'CocoMetric' if scope == 'mmdet' else 'IoUMetric'
     target = next((e for e in evaluators if e.get('type') == want), None)
@@ -144,21 +166,25 @@ def apply_eval_metrics(cfg, metrics) -> None:
 
 
 def build_model(cfg, pretrained: bool = False):
-    """Build the detector / segmentor of a config as the mm runner would
-    (its ``custom_imports`` imported, its ``default_scope`` set), with the CPU
-    adaptations of :func:`prepare_runtime` and, unless ``pretrained``,
-    without loading the backbone's ImageNet weights."""
+    """Build the detector / segmentor / classifier of a config as the mm
+    runner would (its ``custom_imports`` imported, its ``default_scope`` set),
+    with the CPU adaptations of :func:`prepare_runtime` and, unless
+    ``pretrained``, without loading pretrained weights (the backbone's
+    ``init_cfg``, or the classifier's)."""
     from mmengine.registry import init_default_scope
     from mmengine.utils import import_modules_from_strings
     prepare_runtime(cfg)
     if not pretrained:
-        cfg.model.backbone.init_cfg = None
+        if 'backbone' in cfg.model:
+            cfg.model.backbone.init_cfg = None
+        else:
+            cfg.model.init_cfg = None
     if cfg.get('custom_imports'):
         import_modules_from_strings(**cfg.custom_imports)
     scope = cfg.get('default_scope', 'mmdet')
     if scope not in EVAL_METRICS:
-        raise ValueError(f'expected an mmdet or mmseg config, got '
-                         f'default_scope={scope!r}')
+        raise ValueError(f'expected an mmdet, mmseg or mmpretrain config, '
+                         f'got default_scope={scope!r}')
     init_default_scope(scope)
     registry = importlib.import_module(f'{scope}.registry')
     return registry.MODELS.build(cfg.model)

@@ -38,7 +38,7 @@ PIP=("$PY" -m pip --disable-pip-version-check)
 # ---------------------------------------------------------------- fast path
 want_stamp=$(cat setup.py scripts/setup_env.sh requirements/*.txt 2>/dev/null | "$PY" -c 'import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want_stamp" ] && \
-   "$PY" -c 'import torch, torchvision, mmcv.ops, mmengine, mmdet, mmseg, timm, overlock' >/dev/null 2>&1; then
+   "$PY" -c 'import torch, torchvision, mmcv.ops, mmengine, mmdet, mmseg, mmpretrain, timm, overlock' >/dev/null 2>&1; then
     say "environment $VENV is up to date"
     exit 0
 fi
@@ -87,12 +87,12 @@ else
 fi
 
 # ---------------------------------------------------------------- OpenMMLab, timm, tests, this package
-say "installing mmengine, mmdet, mmsegmentation, timm, test tools and this package (editable)"
+say "installing mmengine, mmdet, mmsegmentation, mmpretrain, timm, test tools and this package (editable)"
 "${PIP[@]}" install -q -r requirements/runtime.txt -r requirements/tests.txt \
     || fail "pip could not install the requirements in requirements/; see the error above"
 "${PIP[@]}" install -q --no-deps --no-build-isolation -e . || fail "pip install -e . failed; see the error above"
 
-"$PY" -c 'import torch, mmcv.ops, mmengine, mmdet, mmseg, timm, overlock, mmdet_overlock, mmseg_overlock' \
+"$PY" -c 'import torch, mmcv.ops, mmengine, mmdet, mmseg, mmpretrain, timm, overlock, mmdet_overlock, mmseg_overlock, mmpretrain_overlock' \
     || fail "the environment was installed but an import fails; see the traceback above"
 echo "$want_stamp" > "$STAMP"
-say "done: $("$PY" -c 'import torch, mmcv, mmdet, mmseg, mmengine, timm; print("torch", torch.__version__, "| mmcv", mmcv.__version__, "| mmengine", mmengine.__version__, "| mmdet", mmdet.__version__, "| mmseg", mmseg.__version__, "| timm", timm.__version__)')"
+say "done: $("$PY" -c 'import torch, mmcv, mmdet, mmseg, mmpretrain, mmengine, timm; print("torch", torch.__version__, "| mmcv", mmcv.__version__, "| mmengine", mmengine.__version__, "| mmdet", mmdet.__version__, "| mmseg", mmseg.__version__, "| mmpretrain", mmpretrain.__version__, "| timm", timm.__version__)')"

@@ -45,10 +45,14 @@ def _cfg(name):
     return Config.fromfile(os.path.join(ROOT, 'configs', name))
 
 
+#: ImageNet classification: tests/test_classification.py checks them
+CLASSIFICATION = {f'overlock_{a}_8xb256_in1k.py' for a in ('xt', 't', 's', 'b')}
+
+
 def test_every_config_is_listed():
     names = {n for n in os.listdir(os.path.join(ROOT, 'configs'))
              if n.endswith('.py')}
-    assert names == set(UPSTREAM) | set(OURS)
+    assert names == set(UPSTREAM) | set(OURS) | CLASSIFICATION
 
 
 @pytest.mark.parametrize('name', sorted(UPSTREAM))

@@ -3,8 +3,9 @@
 
     python tools/misc/compact_reference.py ../shared/reference tests/data
 
-The full files (``tiny_{detection,segmentation}.pt``, ``state_dict_manifest
-.json``, produced by running the official code; see their README) are ~35 MB.
+The full files (``tiny_{detection,segmentation,classification}.pt``,
+``state_dict_manifest.json``, produced by running the official code; see
+their README) are ~43 MB.
 The copy in ``tests/data`` keeps, per flavour, the cases listed in ``KEEP``
 and stores them xz-compressed:
 
@@ -31,9 +32,12 @@ EXACT_NUMEL = 256
 KEEP = {
     'detection': dict(eval_cases=(0, 1, 3), train_case=True),
     'segmentation': dict(eval_cases=(0,), train_case=False),
+    # the three eval inputs' logits, and main / aux logits and gradients
+    'classification': dict(eval_cases=(0, 1, 2), train_case=True),
 }
 #: fields holding official results (quantised); everything else is exact
-RESULT_FIELDS = ('outputs', 'grad_input', 'grad_params')
+RESULT_FIELDS = ('outputs', 'logits', 'main', 'aux', 'grad_input',
+                 'grad_params')
 
 
 def quantize(t: torch.Tensor):

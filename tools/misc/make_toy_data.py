@@ -8,12 +8,16 @@
   ``images/{training,validation}/*.jpg`` and
   ``annotations/{training,validation}/*.png`` (0 = background, 1..3 = the
   classes).
+* ``OUT/cls`` (``--cls``): classification in ImageNet's folder layout,
+  ``train/<class>/*.png`` and ``val/<class>/*.png``: square crops around the
+  shapes of toy images (:func:`write_cls`).
 
 Classes: circle, square, triangle, drawn in random colours on a textured
 background, 2-4 per image, possibly overlapping (later shapes occlude earlier
 ones; masks are cut accordingly).
 
     python tools/misc/make_toy_data.py --out data/toy
+    python tools/misc/make_toy_data.py --out data/toy --cls   # only OUT/cls
 """
 import argparse
 import json
@@ -125,6 +129,62 @@ def write(out, n_train=300, n_val=50, size=(128, 128), seed=0):
     return out
 
 
+def write_cls(out, n_train=300, n_val=50, size=(128, 128), crop=64, seed=0,
+              min_visible=0.6):
+    """Write the toy classification set ``OUT/cls`` in ImageNet's layout.
+
+    Every shape of a toy image (:func:`make_image`) that is at least
+    ``min_visible`` visible becomes one sample: the square around it
+    (its circumscribed circle plus 15 %; black outside the image), resized to
+    ``crop`` x ``crop``, labelled with its kind. Deterministic for a seed.
+
+    Args:
+        out (str): Output root; files go to ``OUT/cls/{train,val}/<class>/``.
+        n_train (int): Toy images cut for the train split. Defaults to 300.
+        n_val (int): Toy images cut for the val split. Defaults to 50.
+        size (tuple[int, int]): Size (H, W) of the toy images.
+            Defaults to (128, 128).
+        crop (int): Side of the saved crops. Defaults to 64.
+        seed (int): Random seed; with the seed, counts and size of
+            :func:`write` the crops come from the detection set's own train /
+            val images (no val image among the train crops). Defaults to 0.
+        min_visible (float): Smallest visible share of a shape for it to be
+            kept (occluded shapes are ambiguous). Defaults to 0.6.
+
+    Returns:
+        dict: ``{split: {class: number of crops}}``.
+    """
+    if crop < 8:
+        raise ValueError(f'crop must be at least 8 pixels, got {crop}')
+    if not 0 < min_visible <= 1:
+        raise ValueError(f'min_visible must be in (0, 1], got {min_visible}')
+    rng = np.random.default_rng(seed)
+    root = os.path.join(out, 'cls')
+    counts = {}
+    for split, n in (('train', n_train), ('val', n_val)):
+        counts[split] = dict.fromkeys(CLASSES, 0)
+        for c in CLASSES:
+            os.makedirs(os.path.join(root, split, c), exist_ok=True)
+        for i in range(n):
+            img, shapes = make_image(rng, size)
+            h, w = size
+            for j, s in enumerate(shapes):
+                full = _mask_of(s['poly'], (w, h)).sum()
+                if s['mask'].sum() < min_visible * full:
+                    continue
+                xs, ys = zip(*s['poly'])
+                cx, cy = sum(xs) / len(xs), sum(ys) / len(ys)
+                r = 1.15 * max(math.hypot(x - cx, y - cy)
+                               for x, y in s['poly'])
+                box = (int(cx - r), int(cy - r), int(math.ceil(cx + r)),
+                       int(math.ceil(cy + r)))
+                sample = img.crop(box).resize((crop, crop), Image.BILINEAR)
+                sample.save(os.path.join(root, split, s['kind'],
+                                         f'{split}_{i:05d}_{j}.png'))
+                counts[split][s['kind']] += 1
+    return counts
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--out', default='data/toy')
@@ -132,7 +192,15 @@ def main(argv=None):
     p.add_argument('--val', type=int, default=50)
     p.add_argument('--size', type=int, nargs=2, default=(128, 128))
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--cls', action='store_true',
+                   help='write only the classification crops (OUT/cls)')
+    p.add_argument('--crop', type=int, default=64,
+                   help='side of the classification crops (with --cls)')
     args = p.parse_args(argv)
+    if args.cls:
+        write_cls(args.out, args.train, args.val, tuple(args.size),
+                  args.crop, args.seed)
+        return
     write(args.out, args.train, args.val, tuple(args.size), args.seed)
 
 
