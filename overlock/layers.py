@@ -26,7 +26,7 @@ except ImportError:  # pragma: no cover
 __all__ = [
     'LayerNorm2d', 'LayerScale', 'GRN', 'SEModule', 'ResDWConv', 'DWConv2d',
     'LargeKernelDWConv2d', 'DilatedReparamBlock', 'DILATED_BRANCHES',
-    'DropPath', 'conv_bn', 'make_stem', 'GRNMlp', 'RepConvProj', 'Fusion',
+    'DropPath', 'OUT_NORMS', 'make_out_norm', 'conv_bn', 'make_stem', 'GRNMlp', 'RepConvProj', 'Fusion',
     'ConvBN', 'BNConv', 'ConvBNAct', 'LargeKernelBN', 'chain'
 ]
 
@@ -65,6 +65,22 @@ class LayerNorm2d(nn.LayerNorm):
         x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias,
                          self.eps)
         return x.permute(0, 3, 1, 2)
+
+
+#: kinds of the backbone's output norms (``OverLoCK(out_norm=...)``)
+OUT_NORMS = ('layer', 'group')
+
+
+def make_out_norm(kind: str, dim: int) -> nn.Module:
+    """A backbone output norm (``extra_norm``): ``'layer'`` normalises each
+    position over the channels (upstream); ``'group'`` normalises each image
+    over channels *and* positions (GroupNorm, one group), keeping the
+    contrast between positions. Same parameters (``weight``, ``bias``)."""
+    if kind == 'layer':
+        return LayerNorm2d(dim)
+    if kind == 'group':
+        return nn.GroupNorm(1, dim, eps=1e-6)
+    raise ValueError(f'out_norm must be one of {OUT_NORMS}, got {kind!r}')
 
 
 class LayerScale(nn.Module):

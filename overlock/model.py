@@ -35,7 +35,7 @@ from .archs import ARCH_DEFAULTS, ARCH_SETTINGS, resolve_arch
 from .layers import (GRN, BNConv, ConvBN, ConvBNAct, DilatedReparamBlock,
                      DropPath, Fusion, GRNMlp, LargeKernelBN, LayerNorm2d,
                      LayerScale, RepConvProj, ResDWConv, SEModule, chain,
-                     conv_bn, make_stem)
+                     OUT_NORMS, conv_bn, make_out_norm, make_stem)
 from .ops.contmix import at_contmix_size, bias_index, contmix_aggregate
 from .recompute import Recompute
 
@@ -303,6 +303,11 @@ class OverLoCK(nn.Module):
         projection (int): Width of the classifier head. Defaults to 1024.
         use_ds (bool): Build the auxiliary (deep supervision) head of the
             classifier. Defaults to True.
+        out_norm (str): The backbone's output norms (``extra_norm``):
+            ``'layer'`` (upstream: per position, over the channels) or
+            ``'group'`` (per image, over channels and positions; for training
+            from scratch, see the README's toy run). Same parameter names.
+            Defaults to 'layer'.
     """
 
     def __init__(self,
@@ -318,8 +323,13 @@ class OverLoCK(nn.Module):
                  deploy: bool = False,
                  num_classes: int = 0,
                  projection: int = 1024,
-                 use_ds: bool = True):
+                 use_ds: bool = True,
+                 out_norm: str = 'layer'):
         super().__init__()
+        if out_norm not in OUT_NORMS:
+            raise ValueError(f'out_norm must be one of {OUT_NORMS}, got '
+                             f'{out_norm!r}')
+        self.out_norm = out_norm
         cfg = resolve_arch(arch)
         self.arch_settings = cfg
         self.arch = arch if isinstance(arch, str) else 'custom'
@@ -405,9 +415,9 @@ class OverLoCK(nn.Module):
                 nn.Conv2d(projection, num_classes, 1),
             )
         else:
-            norms = [LayerNorm2d(c) for c in self.channels]
+            norms = [make_out_norm(self.out_norm, c) for c in self.channels]
             if self.fuse_overview:
-                norms.append(LayerNorm2d(dims[3]))
+                norms.append(make_out_norm(self.out_norm, dims[3]))
                 self.h_proj = nn.Sequential(
                     nn.Conv2d(dims[3], self.channels[3], 1),
                     LayerScale(self.channels[3], init_value=1e-5))

@@ -141,3 +141,34 @@ def test_summary(tmp_path):
     with pytest.raises(FileNotFoundError, match='no test results'):
         summarize_run.summary('det', str(tmp_path / 'nothing'), 'x.pth',
                               'p.png', 1, 1)
+
+
+# ------------------------------------------------- out_norm (from scratch)
+def test_out_norm_group_keeps_the_parameters():
+    import torch
+    import torch.nn.functional as F
+
+    from conftest import TINY_ARCH, randomize_
+    from overlock import OverLoCK
+    layer = randomize_(OverLoCK(arch=TINY_ARCH)).eval()
+    group = OverLoCK(arch=TINY_ARCH, out_norm='group').eval()
+    assert {k: v.shape for k, v in layer.state_dict().items()} == \
+        {k: v.shape for k, v in group.state_dict().items()}
+    group.load_state_dict(layer.state_dict(), strict=True)
+    seen = {}
+    group.extra_norm[0].register_forward_pre_hook(
+        lambda m, args: seen.setdefault('x', args[0]))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        a, b = layer(x), group(x)
+    n = group.extra_norm[0]
+    # 'group' normalises over channels and positions together, 'layer' over
+    # the channels of each position
+    torch.testing.assert_close(
+        b[0], F.group_norm(seen['x'], 1, n.weight, n.bias, 1e-6))
+    torch.testing.assert_close(
+        a[0], F.layer_norm(seen['x'].permute(0, 2, 3, 1), n.weight.shape,
+                           n.weight, n.bias, 1e-6).permute(0, 3, 1, 2))
+    assert [f.shape for f in a] == [f.shape for f in b]
+    with pytest.raises(ValueError, match="out_norm must be one of"):
+        OverLoCK(arch=TINY_ARCH, out_norm='batch')
