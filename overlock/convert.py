@@ -37,6 +37,10 @@ __all__ = [
 BACKBONE_PREFIXES = ('', 'backbone.', 'module.', 'module.backbone.',
                      '_orig_mod.', 'model.backbone.')
 _ANCHOR = 'patch_embed1.0.weight'
+#: Top-level modules of OverLoCK (a whole classifier may hold others, e.g.
+#: an mmpretrain ``data_preprocessor``).
+_OWN = re.compile(r'(patch_embed[1-4x]|blocks[1-4]|sub_blocks[34]|'
+                  r'high_level_proj|h_proj|extra_norm|head|aux_head)\.')
 #: Containers of the weights in a checkpoint file, tried in order.
 WEIGHT_KEYS = ('state_dict', 'model', 'state_dict_ema', 'model_ema')
 
@@ -73,8 +77,9 @@ def find_backbone(state_dict: Mapping[str, torch.Tensor]
     """
     for prefix in BACKBONE_PREFIXES:
         if prefix + _ANCHOR in state_dict:
-            return prefix, {k[len(prefix):]: v for k, v in state_dict.items()
-                            if k.startswith(prefix)}
+            return prefix, {
+                k[len(prefix):]: v for k, v in state_dict.items()
+                if k.startswith(prefix) and _OWN.match(k[len(prefix):])}
     tops = sorted({k.split('.')[0] for k in state_dict})[:8]
     raise CheckpointError(
         f'Not an OverLoCK checkpoint: no key is {_ANCHOR!r} under one of the '

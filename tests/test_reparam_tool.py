@@ -64,12 +64,15 @@ def test_classification_checkpoint(tmp_path, capsys):
     model = _trained(num_classes=10)
     before = _eval(model)
     src, dst = tmp_path / 'cls.pth', tmp_path / 'cls_reparam.pth'
-    torch.save(model.state_dict(), src)  # a bare state_dict, as upstream
+    extra = {'data_preprocessor.mean': torch.rand(3)}  # e.g. mmpretrain
+    torch.save(dict(model.state_dict(), **extra), src)  # bare, as upstream
     reparameterize.main([str(src), str(dst), '--shape', '64', '64'])
     out = capsys.readouterr().out
     assert 'classification checkpoint, OverLoCK arch custom' in out
     assert 'max |difference|' in out
     sd = torch.load(dst, weights_only=True)
+    assert torch.equal(sd.pop('data_preprocessor.mean'),
+                       extra['data_preprocessor.mean'])
     assert not any('dil_' in k or 'origin_bn' in k for k in sd)
     deploy = OverLoCK(TINY_ARCH, num_classes=10, deploy=True)
     deploy.load_state_dict(sd, strict=True)
