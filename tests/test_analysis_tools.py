@@ -93,3 +93,103 @@ def test_erf_tool_errors(tmp_path, image_dir):
         erf.main([str(image_dir), '--models', 'no_such_net', '--size', '64'])
     with pytest.raises(SystemExit, match='image folder not found'):
         erf.main([str(tmp_path / 'missing')])
+
+
+# ------------------------------------------------------------- Grad-CAM
+@pytest.fixture(scope='module')
+def toy_classifier(tmp_path_factory):
+    """A tiny OverLoCK classifier trained for a few steps on shape images,
+    saved as a checkpoint with class names; and held-out images."""
+    import train_toy_classifier as toy
+    folder = tmp_path_factory.mktemp('toy_cls')
+    torch.manual_seed(0)
+    x, y, _ = toy.make_dataset(48, 64, seed=0)
+    model = toy.train(toy.build_model(), x, y, steps=10, batch=6)
+    path = folder / 'cls.pth'
+    torch.save(dict(state_dict=model.state_dict(),
+                    meta=dict(dataset_meta=dict(classes=toy.CLASSES))), path)
+    _, _, pils = toy.make_dataset(3, 64, seed=1)
+    images = []
+    for i, img in enumerate(pils):
+        images.append(str(folder / f'val{i}.png'))
+        img.save(images[-1])
+    return model, path, images
+
+
+def test_gradcam_tool(tmp_path, toy_classifier, capsys):
+    pytest.importorskip('pytorch_grad_cam')
+    import gradcam
+    model, path, images = toy_classifier
+    out = tmp_path / 'cam'
+    # default: each image's top-1 class
+    gradcam.main([str(path), *images, '--size', '64', '--out-dir', str(out)])
+    printed = capsys.readouterr().out
+    assert printed.count('gradcam for class') == 3
+    for img in images:
+        stem = os.path.splitext(os.path.basename(img))[0]
+        assert (out / f'{stem}_cam.png').stat().st_size > 1000
+        cams = np.load(out / f'{stem}_cam.npz')
+        assert sorted(cams.files) == ['stage3', 'stage4']
+        for name in cams.files:
+            cam = cams[name]
+            assert cam.shape == (64, 64)
+            assert cam.min() >= 0 and cam.max() <= 1 + 1e-6
+            assert cam.std() > 1e-3, (stem, name)  # not constant
+    # a class by name, for one image
+    gradcam.main([str(path), images[0], '--classes', 'square', '--size',
+                  '64', '--out-dir', str(tmp_path / 'sq')])
+    assert 'gradcam for class 1 (square)' in capsys.readouterr().out
+    assert (tmp_path / 'sq' / 'val0_cam.png').is_file()
+    # the taps do not change the network's outputs
+    taps = gradcam.StageTaps(gradcam.load_classifier(str(path))[0]).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(taps(x), model.eval()(x))
+
+
+def test_gradcam_cam_follows_the_stage_gradients(toy_classifier):
+    """The library's Grad-CAM on the taps equals ReLU(sum_c mean(dy/dA_c) A_c)
+    computed here from the stage outputs, up to its min-max scaling."""
+    pytest.importorskip('pytorch_grad_cam')
+    import gradcam
+    model, path, images = toy_classifier
+    taps = gradcam.StageTaps(gradcam.load_classifier(str(path))[0]).eval()
+    _, x = gradcam.load_image(images[0], 64)
+    feats = {}
+    hooks = [getattr(taps, n).register_forward_hook(
+        lambda m, i, o, n=n: feats.__setitem__(n, o)) for n in
+        ('stage3', 'stage4')]
+    logits = taps(x)
+    target = int(logits.argmax())
+    score = logits[0, target]
+    grads = torch.autograd.grad(score, [feats['stage3'], feats['stage4']])
+    for h in hooks:
+        h.remove()
+    cams = gradcam.stage_cams(taps, x, target)
+    for name, g in zip(('stage3', 'stage4'), grads):
+        a = feats[name].detach()
+        cam = torch.relu((g.mean((2, 3), keepdim=True) * a).sum(1))[0]
+        assert cam.max() > 0
+        cam = cam / cam.max()
+        # compare at the feature resolution (the library upsamples)
+        small = torch.nn.functional.interpolate(
+            torch.from_numpy(cams[name])[None, None], size=cam.shape,
+            mode='area')[0, 0]
+        assert torch.corrcoef(torch.stack([small.flatten(),
+                                           cam.flatten()]))[0, 1] > 0.9
+
+
+def test_gradcam_errors(tmp_path, toy_classifier):
+    pytest.importorskip('pytorch_grad_cam')
+    import gradcam
+    _, path, images = toy_classifier
+    with pytest.raises(SystemExit, match='unknown class'):
+        gradcam.main([str(path), images[0], '--classes', 'hexagon'])
+    with pytest.raises(SystemExit, match='out of range'):
+        gradcam.main([str(path), images[0], '--classes', '3'])
+    with pytest.raises(SystemExit, match='one per image'):
+        gradcam.main([str(path), *images[:3], '--classes', '0', '1'])
+    det = tmp_path / 'det.pth'
+    torch.save(OverLoCK(TINY_ARCH).state_dict(), det)
+    with pytest.raises(SystemExit, match='detection checkpoint'):
+        gradcam.main([str(det), images[0]])
