@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bash tools/dist_test.sh CONFIG CHECKPOINT GPUS [ARGS, e.g. --eval bbox segm]
+# bash tools/dist_test.sh CONFIG CHECKPOINT GPUS [ARGS, e.g. --eval bbox segm | mIoU | accuracy ece]
 # Multi-node: NNODES, NODE_RANK, MASTER_ADDR, PORT. Without CUDA, GPUS CPU
 # processes with the gloo backend.
 set -e

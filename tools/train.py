@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""Train a detector (mmdet 3.x) or segmentor (mmseg 1.x) from a config; the
-config's ``default_scope`` decides which.
+"""Train a detector (mmdet 3.x), segmentor (mmseg 1.x) or classifier
+(mmpretrain 1.x) from a config; the config's ``default_scope`` decides which.
 
     python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp]
     bash tools/dist_train.sh CONFIG GPUS [ARGS]
@@ -25,7 +25,8 @@ from overlock_mm.runtime import mmengine_checkpoints, prepare_runtime  # noqa
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description='Train a detector or segmentor')
+    p = argparse.ArgumentParser(
+        description='Train a detector, segmentor or classifier')
     p.add_argument('config', help='train config file path')
     p.add_argument('--work-dir', help='the dir to save logs and models')
     p.add_argument(
