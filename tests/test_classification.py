@@ -209,6 +209,26 @@ def test_config_equals_upstream_recipe(arch):
     assert cfg.test_evaluator == dict(type='Accuracy', topk=(1, 5))
 
 
+@pytest.mark.parametrize('name', [f'overlock_{a}_8xb256_in1k.py'
+                                  for a in ARCHS] + ['_toy/overlock_toy_cls.py'])
+def test_configs_build_and_predict(name):
+    from overlock_mm.runtime import build_model
+    cfg = _cfg(name)
+    small = name.startswith(('_toy', 'overlock_xt'))
+    if not small:  # the same code path; shapes only
+        with torch.device('meta'):
+            model = build_model(cfg)
+        assert isinstance(model, OverLoCKClassifier)
+        return
+    model = build_model(cfg).eval()
+    assert isinstance(model, OverLoCKClassifier)
+    num = cfg.model.num_classes
+    with torch.no_grad():
+        preds = model(torch.randn(2, 3, 64, 64), mode='predict')
+    assert len(preds) == 2 and preds[0].pred_score.shape == (num, )
+    assert float(preds[0].pred_score.sum()) == pytest.approx(1.0)
+
+
 def test_no_weight_decay_exactly_for_1d_parameters():
     """timm's create_optimizer_v2: decay on parameters with ndim >= 2."""
     from mmengine.optim import build_optim_wrapper
