@@ -105,7 +105,12 @@ def safe_load(filename: str, map_location='cpu'):
     if not os.path.isfile(filename):
         raise CheckpointError(f'Checkpoint file not found: {filename}')
     try:
-        with torch.serialization.safe_globals(safe_globals()):
+        # only what is not allowed yet: leaving the context removes its
+        # entries, which would strip a caller's own allowlist (e.g.
+        # overlock_mm.runtime.mmengine_checkpoints) of the shared ones
+        allowed = set(torch.serialization.get_safe_globals())
+        with torch.serialization.safe_globals(
+                [g for g in safe_globals() if g not in allowed]):
             return torch.load(
                 filename, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:

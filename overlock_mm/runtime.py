@@ -68,8 +68,11 @@ def mmengine_checkpoints():
     original = HistoryBuffer.__dict__.get('__getstate__')
     HistoryBuffer.__getstate__ = _history_buffer_getstate
     try:
-        with torch.serialization.safe_globals(safe_globals() +
-                                              [HistoryBuffer]):
+        # only new entries: leaving the context removes what it added
+        allowed = set(torch.serialization.get_safe_globals())
+        with torch.serialization.safe_globals([
+                g for g in safe_globals() + [HistoryBuffer]
+                if g not in allowed]):
             yield
     finally:
         if original is None:

@@ -154,6 +154,14 @@ def _cfg(name):
     return Config.fromfile(os.path.join(ROOT, 'configs', name))
 
 
+def _unscoped(cfg):
+    """A config dict (or list of them) without mmengine's ``_scope_``
+    marks of values inherited from ``mmpretrain::`` bases."""
+    if isinstance(cfg, (list, tuple)):
+        return [_unscoped(c) for c in cfg]
+    return {k: v for k, v in cfg.items() if k != '_scope_'}
+
+
 @pytest.mark.parametrize('arch', ARCHS)
 def test_config_equals_upstream_recipe(arch):
     want, cfg = UPSTREAM[arch], _cfg(f'overlock_{arch}_8xb256_in1k.py')
@@ -206,7 +214,7 @@ def test_config_equals_upstream_recipe(arch):
                                interpolation='bicubic')
         assert test[2] == dict(type='CenterCrop', crop_size=224)
     assert want['resize'] == int(224 / want['crop_pct'])
-    assert cfg.test_evaluator == dict(type='Accuracy', topk=(1, 5))
+    assert _unscoped(cfg.test_evaluator) == dict(type='Accuracy', topk=(1, 5))
 
 
 @pytest.mark.parametrize('name', [f'overlock_{a}_8xb256_in1k.py'
@@ -254,7 +262,7 @@ def test_no_weight_decay_exactly_for_1d_parameters():
 def test_eval_option_sets_the_classification_evaluators():
     cfg = _cfg('overlock_t_8xb256_in1k.py')
     apply_eval_metrics(cfg, ['accuracy', 'ece'])
-    assert cfg.test_evaluator == [
+    assert _unscoped(cfg.test_evaluator) == [
         dict(type='Accuracy', topk=(1, 5)),
         dict(type='ExpectedCalibrationError', n_bins=15)]
     cfg = _cfg('overlock_t_8xb256_in1k.py')
@@ -263,3 +271,28 @@ def test_eval_option_sets_the_classification_evaluators():
         dict(type='ExpectedCalibrationError', n_bins=15)]
     with pytest.raises(ValueError, match='valid: accuracy ece'):
         apply_eval_metrics(cfg, ['mIoU'])
+
+
+def test_safe_load_inside_mmengine_checkpoints_keeps_the_allowlist(tmp_path):
+    """Leaving torch's safe_globals context removes its entries: a nested
+    safe_load (e.g. a Pretrained init_cfg, or tools/test.py's strict
+    classifier load) must not strip mmengine_checkpoints' allowlist, which
+    --resume and later loads of mmengine checkpoints need."""
+    import numpy as np
+
+    from overlock.checkpoint import safe_load
+    from overlock_mm.runtime import mmengine_checkpoints
+    path = str(tmp_path / 'ck.pth')
+    torch.save(dict(state_dict={'w': torch.ones(1)},
+                    meta=dict(seed=np.array([1, 2]))), path)
+    def allowed():
+        return set(torch.serialization.get_safe_globals())
+
+    before = allowed()
+    with mmengine_checkpoints():
+        inside = allowed()
+        assert np.ndarray in inside - before
+        safe_load(path)
+        assert allowed() == inside
+        torch.load(path, weights_only=True)  # numpy array still allowed
+    assert allowed() == before
