@@ -26,9 +26,11 @@ __all__ = ['enabled', 'to_channels_last', 'repconv_forward',
 
 
 def enabled(module: nn.Module, x: torch.Tensor) -> bool:
-    """Whether ``module`` runs the fused path on ``x`` now."""
+    """Whether ``module`` runs the fused path on ``x`` now (not under
+    autocast: its oneDNN calls take one dtype, autocast's ops another)."""
     return use_folded(module) and x.device.type == 'cpu' and \
-        x.dtype in (torch.float32, torch.float64)
+        x.dtype in (torch.float32, torch.float64) and \
+        not torch.is_autocast_enabled('cpu')
 
 
 def to_channels_last(x: torch.Tensor) -> Tuple[torch.Tensor,

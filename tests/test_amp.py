@@ -63,3 +63,18 @@ def test_grn_norms_in_float32(dtype):
     assert out.dtype == dtype and torch.isfinite(out).all()
     tol = 1e-2 if dtype == torch.bfloat16 else 2e-3
     assert ((out.double() - want).abs().max() / want.abs().max()) < tol
+
+
+def test_bf16_autocast_eval_close_to_fp32():
+    """Inference under autocast leaves the fused float32 CPU path (its oneDNN
+    calls would meet autocast's bf16 tensors) and stays close to it."""
+    torch.manual_seed(0)
+    model = OverLoCK(TINY_ARCH, fuse_overview=True).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            outs = model(x)
+    for o, r in zip(outs, ref):
+        assert torch.isfinite(o).all()
+        assert _rel(o.float(), r) < OUT_TOL

@@ -21,7 +21,18 @@ Implementations (``--compare A B``):
 * ``channels_last``: ``ours`` with model and input in channels_last;
 * ``IMPL@DIR`` (CPU): ``IMPL`` of the checkout in ``DIR``, e.g. a git
   worktree of an earlier commit, to compare a change with its base in one
-  interleaved run: ``--compare ours@/tmp/base ours``.
+  interleaved run: ``--compare ours@/tmp/base ours``;
+* peers, timm ``features_only`` backbones with random weights:
+  ``convnext_t``, ``resnet50``, ``swin_t`` (``--peers`` adds all three):
+
+    python tools/analysis/benchmark.py --device cuda --size 800 1216 \
+        --mode both --peers --dtype fp32 fp16 bf16 --profile
+
+``--dtype fp16 / bf16`` runs under ``torch.autocast`` (the training step
+too; its loss is summed in float32, no loss scaling is needed for timing).
+On CUDA, times are CUDA-event timings of each step and ``--profile``
+prints the top kernels of one more step (``torch.profiler``: CUDA time on
+CUDA, CPU time on CPU).
 
 Numbers are medians over ``--rounds`` x ``--repeats`` runs, each round after
 ``--warmup`` runs, the rounds interleaving the implementations. On CPU
@@ -41,7 +52,12 @@ import time
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
-IMPLS = ('ours', 'naive', 'naive_deploy', 'deploy', 'channels_last')
+#: peer backbones: ``name: timm model`` (features_only, random weights)
+PEERS = {'convnext_t': 'convnext_tiny', 'resnet50': 'resnet50',
+         'swin_t': 'swin_tiny_patch4_window7_224'}
+IMPLS = ('ours', 'naive', 'naive_deploy', 'deploy', 'channels_last') + \
+    tuple(PEERS)
+DTYPES = {'fp32': None, 'fp16': 'float16', 'bf16': 'bfloat16'}
 #: glibc settings that keep freed memory in the process instead of returning
 #: every large block to the OS (each fresh block then page-faults again).
 #: They speed up any PyTorch CPU program; ``--malloc heap`` applies them to
@@ -54,16 +70,22 @@ def _rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.
 
 
-def build(impl, arch, flavour, device):
+def build(impl, arch, flavour, device, size=None):
     import torch
 
+    if impl in PEERS:
+        import timm
+        kwargs = dict(img_size=tuple(size), strict_img_size=False) \
+            if impl == 'swin_t' else {}
+        return timm.create_model(PEERS[impl], pretrained=False,
+                                 features_only=True, **kwargs).to(device)
     import overlock
     from overlock import OverLoCK
     naive = impl.startswith('naive')
     model = OverLoCK(arch, fuse_overview=flavour == 'detection',
                      selective_cp=not naive)
-    if naive:
-        overlock.set_options(reference=True)
+    # on CUDA every implementation runs in this process: set both ways
+    overlock.set_options(reference=naive)
     if impl.endswith('deploy'):
         model.eval().reparameterize()
     model.to(device)
@@ -72,27 +94,39 @@ def build(impl, arch, flavour, device):
     return model
 
 
+def _profile(step, cuda, top):
+    """The top kernels of one ``step`` (self time on the device)."""
+    from torch.profiler import ProfilerActivity, profile
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        step()
+    key = 'self_cuda_time_total' if cuda else 'self_cpu_time_total'
+    return prof.key_averages().table(sort_by=key, row_limit=top)
+
+
 def measure(impl, arch, flavour, mode, size, batch, device, repeats, warmup,
-            threads):
+            threads, dtype='fp32', profile_top=0):
     import torch
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = build(impl, arch, flavour, device)
+    model = build(impl, arch, flavour, device, size)
     x = torch.randn(batch, 3, *size, device=device)
     if impl == 'channels_last':
         x = x.contiguous(memory_format=torch.channels_last)
     cuda = device.startswith('cuda')
+    amp = DTYPES[dtype]
 
-    def sync():
-        if cuda:
-            torch.cuda.synchronize()
+    def autocast():
+        return torch.autocast(device.split(':')[0],
+                              dtype=getattr(torch, amp or 'float32'),
+                              enabled=amp is not None)
 
     if mode == 'eval':
         model.eval()
 
         def step():
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast():
                 return model(x)
     else:
         if impl.endswith('deploy'):
@@ -101,30 +135,45 @@ def measure(impl, arch, flavour, mode, size, batch, device, repeats, warmup,
         xg = x.requires_grad_(False)
 
         def step():
-            outs = model(xg)
-            sum(o.float().mean() for o in outs).backward()
+            with autocast():
+                outs = model(xg)
+                loss = sum(o.float().mean() for o in outs)
+            loss.backward()
             model.zero_grad(set_to_none=True)
+
+    def timed():
+        if cuda:  # CUDA events: the step's device time line
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            start.record()
+            step()
+            end.record()
+            torch.cuda.synchronize()
+            return start.elapsed_time(end) / 1e3
+        t0 = time.perf_counter()
+        step()
+        return time.perf_counter() - t0
 
     base_rss = _rss_mb()
     if cuda:
+        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base_cuda = torch.cuda.memory_allocated()
-    times = []
-    for i in range(warmup + repeats):
-        sync()
-        t0 = time.perf_counter()
-        step()
-        sync()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
+    times = [timed() for _ in range(warmup + repeats)][warmup:]
     peak = (torch.cuda.max_memory_allocated() - base_cuda) / 2**20 if cuda \
         else _rss_mb() - base_rss
-    return dict(impl=impl, arch=arch, flavour=flavour, mode=mode,
-                size=list(size), batch=batch, device=device,
-                median_ms=statistics.median(times) * 1e3,
-                min_ms=min(times) * 1e3, runs=len(times),
-                times_ms=[t * 1e3 for t in times],
-                peak_mem_mb=peak)
+    res = dict(impl=impl, arch=arch, flavour=flavour, mode=mode,
+               size=list(size), batch=batch, device=device, dtype=dtype,
+               device_name=torch.cuda.get_device_name(device) if cuda
+               else 'CPU',
+               median_ms=statistics.median(times) * 1e3,
+               min_ms=min(times) * 1e3, runs=len(times),
+               times_ms=[t * 1e3 for t in times],
+               peak_mem_mb=peak)
+    if profile_top:
+        res['profile'] = _profile(step, cuda, profile_top)
+    return res
 
 
 def _impl(spec):
@@ -141,7 +190,7 @@ def _impl(spec):
     return spec
 
 
-def run_isolated(args, spec, mode):
+def run_isolated(args, spec, mode, dtype):
     """One measurement in a fresh interpreter (clean peak-RSS accounting);
     ``IMPL@DIR`` runs the benchmark worker of the checkout in ``DIR``."""
     impl, _, tree = spec.partition('@')
@@ -152,7 +201,8 @@ def run_isolated(args, spec, mode):
            '--size', str(args.size[0]), str(args.size[1]), '--batch',
            str(args.batch), '--device', args.device, '--repeats',
            str(args.repeats), '--warmup', str(args.warmup), '--threads',
-           str(args.threads)]
+           str(args.threads), '--dtype', dtype, '--profile',
+           str(args.profile)]
     env = dict(os.environ)
     if args.malloc == 'heap':
         env.update(MALLOC_SETTINGS)
@@ -161,6 +211,37 @@ def run_isolated(args, spec, mode):
     res = json.loads(out.stdout.strip().splitlines()[-1])
     res['impl'] = spec
     return res
+
+
+def _run_mode(args, mode, dtype):
+    """Every implementation in ``mode`` / ``dtype``, ``--rounds`` times
+    interleaved; one pooled result per implementation."""
+    impls = [i for i in dict.fromkeys(args.compare)
+             if not (mode == 'train' and
+                     i.partition('@')[0].endswith('deploy'))]
+    rounds = {impl: [] for impl in impls}
+    # rounds interleave the implementations, so that a slow phase of a
+    # shared machine does not fall on one of them only
+    for _ in range(args.rounds):
+        for impl in impls:
+            if args.device.startswith('cuda'):
+                res = measure(impl, args.arch, args.flavour, mode,
+                              tuple(args.size), args.batch, args.device,
+                              args.repeats, args.warmup, args.threads, dtype,
+                              args.profile)
+            else:
+                res = run_isolated(args, impl, mode, dtype)
+                res['malloc'] = args.malloc
+            rounds[impl].append(res)
+    results = []
+    for impl in impls:
+        res = dict(rounds[impl][0])
+        times = [t for r in rounds[impl] for t in r['times_ms']]
+        res.update(median_ms=statistics.median(times), min_ms=min(times),
+                   runs=len(times), times_ms=times, rounds=args.rounds,
+                   peak_mem_mb=max(r['peak_mem_mb'] for r in rounds[impl]))
+        results.append(res)
+    return results
 
 
 def main(argv=None):
@@ -191,6 +272,15 @@ def main(argv=None):
                    help='CPU: glibc malloc as configured (default) or with '
                    'MALLOC_MMAP_MAX_=0 and a large MALLOC_TRIM_THRESHOLD_ '
                    '(applied to all implementations alike)')
+    p.add_argument('--peers', action='store_true',
+                   help='also run ' + ', '.join(PEERS) + ' (timm, '
+                   'features_only, random weights)')
+    p.add_argument('--dtype', nargs='+', choices=list(DTYPES),
+                   default=['fp32'],
+                   help='fp32, or autocast to fp16 / bf16 (several: each)')
+    p.add_argument('--profile', type=int, nargs='?', const=15, default=0,
+                   metavar='TOP', help='print the TOP kernels of one step '
+                   '(torch.profiler; default 15)')
     p.add_argument('--json', help='also write the results here')
     p.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
     p.add_argument('--impl', default='ours', help=argparse.SUPPRESS)
@@ -199,63 +289,49 @@ def main(argv=None):
     if args.worker:
         res = measure(args.impl, args.arch, args.flavour, args.mode,
                       tuple(args.size), args.batch, args.device, args.repeats,
-                      args.warmup, args.threads)
+                      args.warmup, args.threads, args.dtype[0], args.profile)
         print(json.dumps(res))
         return
+    if args.peers:
+        args.compare = list(args.compare) + [
+            p for p in PEERS if p not in args.compare]
 
     if args.device != 'cpu' and any('@' in c for c in args.compare):
         p.error('IMPL@DIR runs in separate processes: CPU only')
     modes = ['eval', 'train'] if args.mode == 'both' else [args.mode]
     results = []
     for mode in modes:
-        impls = [i for i in dict.fromkeys(args.compare)
-                 if not (mode == 'train' and
-                         i.partition('@')[0].endswith('deploy'))]
-        rounds = {impl: [] for impl in impls}
-        # rounds interleave the implementations, so that a slow phase of a
-        # shared machine does not fall on one of them only
-        for _ in range(args.rounds):
-            for impl in impls:
-                if args.device.startswith('cuda'):
-                    res = measure(impl, args.arch, args.flavour, mode,
-                                  tuple(args.size), args.batch, args.device,
-                                  args.repeats, args.warmup, args.threads)
-                else:
-                    res = run_isolated(args, impl, mode)
-                    res['malloc'] = args.malloc
-                rounds[impl].append(res)
-        for impl in impls:
-            res = dict(rounds[impl][0])
-            times = [t for r in rounds[impl] for t in r['times_ms']]
-            res.update(median_ms=statistics.median(times),
-                       min_ms=min(times), runs=len(times), times_ms=times,
-                       rounds=args.rounds,
-                       peak_mem_mb=max(r['peak_mem_mb']
-                                       for r in rounds[impl]))
-            results.append(res)
+        for dtype in args.dtype:
+            results += _run_mode(args, mode, dtype)
 
     print(f'OverLoCK-{args.arch.upper()} {args.flavour}, input '
-          f'{args.batch}x3x{args.size[0]}x{args.size[1]}, {args.device}, '
-          f'median of {args.rounds} x {args.repeats} after {args.warmup} '
-          f'warm-up' +
+          f'{args.batch}x3x{args.size[0]}x{args.size[1]}, '
+          f'{results[0]["device_name"]} ({args.device}), median of '
+          f'{args.rounds} x {args.repeats} after {args.warmup} warm-up' +
           (f', malloc {args.malloc}' if args.device == 'cpu' else ''))
     width = max([15] + [len(r['impl']) + 2 for r in results])
-    head = f'{"mode":<6}{"impl":<{width}}{"median ms":>11}{"min ms":>10}' \
-           f'{"peak MB":>10}{"speed-up":>10}{"mem ratio":>11}'
+    head = f'{"mode":<6}{"dtype":<6}{"impl":<{width}}{"median ms":>11}' \
+           f'{"min ms":>10}{"peak MB":>10}{"speed-up":>10}{"mem ratio":>11}'
     print(head)
     print('-' * len(head))
     for mode in modes:
-        rows = [r for r in results if r['mode'] == mode]
-        if not rows:
-            continue
-        base = rows[0]
-        for r in rows:
-            speed = base['median_ms'] / r['median_ms']
-            mem = r['peak_mem_mb'] / base['peak_mem_mb'] \
-                if base['peak_mem_mb'] > 0 else float('nan')
-            print(f'{mode:<6}{r["impl"]:<{width}}{r["median_ms"]:>11.1f}'
-                  f'{r["min_ms"]:>10.1f}{r["peak_mem_mb"]:>10.0f}'
-                  f'{speed:>9.2f}x{mem:>10.2f}x')
+        for dtype in args.dtype:
+            rows = [r for r in results
+                    if r['mode'] == mode and r['dtype'] == dtype]
+            if not rows:
+                continue
+            base = rows[0]
+            for r in rows:
+                speed = base['median_ms'] / r['median_ms']
+                mem = r['peak_mem_mb'] / base['peak_mem_mb'] \
+                    if base['peak_mem_mb'] > 0 else float('nan')
+                print(f'{mode:<6}{dtype:<6}{r["impl"]:<{width}}'
+                      f'{r["median_ms"]:>11.1f}{r["min_ms"]:>10.1f}'
+                      f'{r["peak_mem_mb"]:>10.0f}{speed:>9.2f}x{mem:>10.2f}x')
+    for r in results:
+        if r.get('profile'):
+            print(f'\nprofile: {r["mode"]} {r["dtype"]} {r["impl"]}')
+            print(r['profile'])
     if args.json:
         os.makedirs(osp.dirname(osp.abspath(args.json)), exist_ok=True)
         with open(args.json, 'w') as f:

@@ -1,0 +1,71 @@
+"""The GPU benchmarks run on CPU with tiny settings (smoke tests: what they
+report is there; no speed is asserted)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+PY = sys.executable
+TOOLS = os.path.join(ROOT, 'tools', 'analysis')
+
+
+def _run(args, timeout=600):
+    proc = subprocess.run([PY] + args, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True,
+                          timeout=timeout,
+                          env=dict(os.environ, PYTHONWARNINGS='ignore'))
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    return proc.stdout
+
+
+def test_backbone_benchmark_with_peers_and_profile(tmp_path):
+    out = tmp_path / 'bench.json'
+    text = _run([os.path.join(TOOLS, 'benchmark.py'), '--arch', 'xt',
+                 '--size', '64', '64', '--mode', 'eval', '--compare', 'ours',
+                 'convnext_t', 'swin_t', '--repeats', '1', '--warmup', '0',
+                 '--profile', '3', '--json', str(out)])
+    rows = json.loads(out.read_text())
+    assert [(r['impl'], r['mode'], r['dtype']) for r in rows] == [
+        (impl, 'eval', 'fp32') for impl in ('ours', 'convnext_t', 'swin_t')]
+    assert all(r['median_ms'] > 0 and r['device_name'] == 'CPU'
+               for r in rows)
+    assert text.count('profile: eval fp32') == 3
+    assert 'Self CPU' in rows[0]['profile']
+
+
+def test_backbone_benchmark_autocast_dtype():
+    sys.path.insert(0, TOOLS)
+    import benchmark
+    res = benchmark.measure('resnet50', 'xt', 'detection', 'train', (64, 64),
+                            1, 'cpu', 1, 0, 0, dtype='bf16', profile_top=2)
+    assert res['dtype'] == 'bf16' and res['median_ms'] > 0
+    assert 'Self CPU' in res['profile']
+
+
+def test_detector_benchmark_runs_a_config(tmp_path):
+    out = tmp_path / 'det.json'
+    text = _run([os.path.join(TOOLS, 'benchmark_detector.py'), '--configs',
+                 os.path.join(ROOT, 'configs', '_toy',
+                              'mask_rcnn_overlock_toy_coco.py'),
+                 '--size', '96', '64', '--batch', '1', '--iters', '1',
+                 '--warmup', '0', '--mode', 'both', '--json', str(out)])
+    data = json.loads(out.read_text())
+    (res, ) = data['results']
+    assert res['train']['median_s'] > 0 and res['eval']['median_s'] > 0
+    assert data['size'] == [96, 64] and data['device'] == 'CPU'
+    assert 'mask_rcnn_overlock_toy_coco.py' in text
+
+
+def test_detector_benchmark_finds_mmdet_configs():
+    pytest.importorskip('mmdet')
+    sys.path.insert(0, TOOLS)
+    import benchmark_detector
+    path = benchmark_detector.resolve(benchmark_detector.DEFAULT_CONFIGS[1])
+    assert os.path.isfile(path) and path.endswith(
+        'mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py')
+    with pytest.raises(SystemExit, match='no such config'):
+        benchmark_detector.resolve('mmdet::swin/none.py')
