@@ -109,7 +109,10 @@ def prepare_runtime(cfg, launcher: str = 'none') -> None:
     env.setdefault('dist_cfg', {})['backend'] = 'gloo'
     if cfg.get('optim_wrapper', {}).get('type') == 'AmpOptimWrapper':
         cfg.optim_wrapper.type = 'OptimWrapper'
-        cfg.optim_wrapper.pop('loss_scale', None)
+        # the AmpOptimWrapper-only keys (mmengine 0.10.7's AMP wrapper
+        # refuses to build without a GPU)
+        for key in ('loss_scale', 'dtype', 'use_fsdp'):
+            cfg.optim_wrapper.pop(key, None)
         MMLogger.get_current_instance().warning(
             'No CUDA: automatic mixed precision is switched off.')
     if launcher != 'none':

@@ -172,3 +172,21 @@ def test_out_norm_group_keeps_the_parameters():
     assert [f.shape for f in a] == [f.shape for f in b]
     with pytest.raises(ValueError, match="out_norm must be one of"):
         OverLoCK(arch=TINY_ARCH, out_norm='batch')
+
+
+def test_amp_options_dropped_without_cuda():
+    """``--amp --cfg-options optim_wrapper.dtype=bfloat16`` on a CPU machine:
+    AMP is switched off with a warning, and the AMP-only keys go with it
+    (mmengine's plain OptimWrapper refuses ``dtype``)."""
+    import torch
+    from mmengine.config import Config
+
+    from overlock_mm.runtime import prepare_runtime
+    if torch.cuda.is_available():
+        pytest.skip('only without CUDA')
+    cfg = Config(dict(optim_wrapper=dict(
+        type='AmpOptimWrapper', loss_scale='dynamic', dtype='bfloat16',
+        optimizer=dict(type='AdamW', lr=1e-3))))
+    prepare_runtime(cfg)
+    assert cfg.optim_wrapper == dict(type='OptimWrapper',
+                                     optimizer=dict(type='AdamW', lr=1e-3))

@@ -123,10 +123,11 @@ def _enlarge(sample, scale: int):
             inst.masks = masks[0].bool()
     for key in ('gt_sem_seg', 'pred_sem_seg'):
         if key in sample:
+            from mmengine.structures import PixelData
             data = sample.get(key).data
-            sample.get(key).data = F.interpolate(
+            sample.set_field(PixelData(data=F.interpolate(
                 data[None].float(), scale_factor=scale,
-                mode='nearest')[0].to(data.dtype)
+                mode='nearest')[0].to(data.dtype)), key)
     return sample
 
 
@@ -158,9 +159,11 @@ def draw(config, checkpoint, out_dir, score_thr=0.5, scale=3,
                         logger='silent')
     model.eval()
     dataset = DATASETS.build(cfg.test_dataloader.dataset)
+    # segmentation maps half transparent, so that the image shows through
+    extra = dict(alpha=0.5) if scope == 'mmseg' else {}
     visualizer = VISUALIZERS.build(
         dict(cfg.visualizer, name='draw_predictions', vis_backends=None,
-             save_dir=None))
+             save_dir=None, **extra))
     visualizer.dataset_meta = dataset.metainfo
     os.makedirs(out_dir, exist_ok=True)
     names, scores, files = [], [], []
