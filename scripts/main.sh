@@ -19,6 +19,8 @@ bash scripts/setup_env.sh
 export PATH="$ROOT/.venv/bin:$PATH"
 export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore}"
 GPUS=${GPUS:-2}
+# one thread per process (what torchrun sets anyway, without its banner)
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 export PORT=${PORT:-29517}
 
 echo "[main] generating the toy datasets in data/toy"
@@ -34,7 +36,9 @@ else
     EVAL=(--eval mIoU)
 fi
 EXTRA=()
-if [ -n "${ITERS:-}" ]; then EXTRA=(--cfg-options "train_cfg.max_iters=$ITERS" "train_cfg.val_interval=$ITERS"); fi
+# ITERS also moves the end of the learning-rate schedule (the second
+# scheduler of both toy configs ends at max_iters)
+if [ -n "${ITERS:-}" ]; then EXTRA=(--cfg-options "train_cfg.max_iters=$ITERS" "train_cfg.val_interval=$ITERS" "param_scheduler.1.end=$ITERS"); fi
 
 start=$(date +%s)
 echo "[main] training $CONFIG on $GPUS processes -> $WORK_DIR (full log: $WORK_DIR/<timestamp>/<timestamp>.log)"
