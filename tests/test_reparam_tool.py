@@ -80,6 +80,27 @@ def test_classification_checkpoint(tmp_path, capsys):
     assert list(sd) == list(deploy.state_dict())
 
 
+def test_checkpoint_written_by_the_mm_runner(tmp_path, capsys):
+    """What tools/train.py saves: ``state_dict`` + ``meta`` + mmengine's
+    ``message_hub`` (HistoryBuffer objects, refused by plain safe loading)."""
+    from mmengine.logging import HistoryBuffer
+    model = _trained(num_classes=10)
+    src, dst = tmp_path / 'epoch_6.pth', tmp_path / 'deploy.pth'
+    hub = dict(log_scalars={'train/loss': HistoryBuffer([1.0, 0.5], [1, 1])})
+    from overlock_mm.runtime import mmengine_checkpoints
+    with mmengine_checkpoints():  # as tools/train.py saves
+        torch.save(dict(state_dict=model.state_dict(), meta=dict(epoch=6),
+                        message_hub=hub), src)
+    with pytest.raises(Exception, match='HistoryBuffer'):
+        torch.load(src, weights_only=True)
+    reparameterize.main([str(src), str(dst), '--shape', '64', '64'])
+    assert 'classification checkpoint' in capsys.readouterr().out
+    with mmengine_checkpoints():
+        out = torch.load(dst, weights_only=True)
+    deploy = OverLoCK(TINY_ARCH, num_classes=10, deploy=True)
+    deploy.load_state_dict(out['state_dict'], strict=True)
+
+
 def test_timm_reparam_model_loads_the_result(tmp_path):
     import timm
     model = randomize_(OverLoCK('xt', num_classes=1000), seed=5).eval()

@@ -110,7 +110,11 @@ def build_overlock(name: str, checkpoint=None):
     from overlock.convert import (build_from_state_dict, find_backbone,
                                   weights_of)
     if checkpoint:
-        _, sd = find_backbone(weights_of(safe_load(checkpoint))[1])
+        # checkpoints written by tools/train.py carry mmengine's message hub
+        from overlock_mm.runtime import mmengine_checkpoints
+        with mmengine_checkpoints():
+            raw = safe_load(checkpoint)
+        _, sd = find_backbone(weights_of(raw)[1])
         _, model = build_from_state_dict(sd)
     else:
         model = OverLoCK(name, fuse_overview=False).eval()

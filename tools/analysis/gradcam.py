@@ -185,7 +185,10 @@ def main(argv=None):
     p.add_argument('--out-dir', default='work_dirs/gradcam')
     args = p.parse_args(argv)
     _grad_cam()
-    model, names = load_classifier(args.checkpoint)
+    # our own training checkpoints carry mmengine's message hub
+    from overlock_mm.runtime import mmengine_checkpoints
+    with mmengine_checkpoints():
+        model, names = load_classifier(args.checkpoint)
     targets = parse_classes(args.classes, len(args.images),
                             model.num_classes, names)
     taps = StageTaps(model).eval()

@@ -58,15 +58,19 @@ def main(argv=None):
     args = p.parse_args(argv)
     if osp.abspath(args.src) == osp.abspath(args.dst):
         raise SystemExit('OUT must differ from IN (the original is kept).')
+    # checkpoints written by tools/train.py carry mmengine's message hub
+    from overlock_mm.runtime import mmengine_checkpoints
     try:
-        ckpt = safe_load(args.src)
+        with mmengine_checkpoints():
+            ckpt = safe_load(args.src)
         out, report = reparameterize_checkpoint(
             ckpt, arch=parse_arch(args.arch), shape=tuple(args.shape),
             tol=args.tol)
     except (CheckpointError, ValueError, TypeError) as e:
         raise SystemExit(f'error: {e}') from None
     torch.save(out, args.dst)
-    safe_load(args.dst)
+    with mmengine_checkpoints():
+        safe_load(args.dst)
     arch = report['arch'] if isinstance(report['arch'], str) else 'custom'
     print(f'{report["kind"]} checkpoint, OverLoCK arch {arch}, backbone '
           f'prefix {report["prefix"]!r}')
