@@ -9,6 +9,7 @@
 """
 import argparse
 import collections
+import contextlib
 import logging
 import os
 import pickle
@@ -22,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     'safe_load', 'checkpoint_filter_fn', 'load_checkpoint', 'infer_arch',
-    'safe_globals', 'CheckpointError', 'RELEASE_URL'
+    'safe_globals', 'allow_globals', 'CheckpointError', 'RELEASE_URL'
 ]
 
 RELEASE_URL = 'https://github.com/LMMMEng/OverLoCK/releases/download/v1/'
@@ -69,6 +70,18 @@ def safe_globals() -> List[object]:
     return allowed
 
 
+@contextlib.contextmanager
+def allow_globals(extra: Iterable[object]):
+    """``torch.serialization.safe_globals(extra)`` for only the entries not
+    allowed yet: leaving torch's context removes the entries it added, which
+    would strip an enclosing allowlist (e.g.
+    ``overlock_mm.runtime.mmengine_checkpoints``) of the shared ones."""
+    allowed = set(torch.serialization.get_safe_globals())
+    with torch.serialization.safe_globals(
+            [g for g in extra if g not in allowed]):
+        yield
+
+
 def _download(url: str) -> str:
     cache_dir = os.path.join(torch.hub.get_dir(), 'checkpoints')
     filename = os.path.basename(url.split('?')[0])
@@ -105,12 +118,7 @@ def safe_load(filename: str, map_location='cpu'):
     if not os.path.isfile(filename):
         raise CheckpointError(f'Checkpoint file not found: {filename}')
     try:
-        # only what is not allowed yet: leaving the context removes its
-        # entries, which would strip a caller's own allowlist (e.g.
-        # overlock_mm.runtime.mmengine_checkpoints) of the shared ones
-        allowed = set(torch.serialization.get_safe_globals())
-        with torch.serialization.safe_globals(
-                [g for g in safe_globals() if g not in allowed]):
+        with allow_globals(safe_globals()):
             return torch.load(
                 filename, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:

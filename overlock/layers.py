@@ -26,8 +26,9 @@ except ImportError:  # pragma: no cover
 __all__ = [
     'LayerNorm2d', 'LayerScale', 'GRN', 'SEModule', 'ResDWConv', 'DWConv2d',
     'LargeKernelDWConv2d', 'DilatedReparamBlock', 'DILATED_BRANCHES',
-    'DropPath', 'OUT_NORMS', 'make_out_norm', 'conv_bn', 'make_stem', 'GRNMlp', 'RepConvProj', 'Fusion',
-    'ConvBN', 'BNConv', 'ConvBNAct', 'LargeKernelBN', 'chain'
+    'DropPath', 'OUT_NORMS', 'make_out_norm', 'conv_bn', 'make_stem',
+    'GRNMlp', 'RepConvProj', 'Fusion', 'ConvBN', 'BNConv', 'ConvBNAct',
+    'LargeKernelBN', 'chain'
 ]
 
 #: ``kernel size -> ((branch kernel, dilation), ...)`` of the dilated
@@ -106,16 +107,9 @@ class GRN(nn.Module):
         self.beta = nn.Parameter(torch.zeros(1, dim, 1, 1))
 
     def scale(self, x):
-        """The per-sample, per-channel factor: ``GRN(x) = x * scale + beta``.
-
-        For float16 / bfloat16 ``x`` (autocast) the norms and the factor are
-        computed in float32: a sum of squares over a detection-sized map
-        overflows float16, and bfloat16 keeps 8 bits of it."""
-        if x.dtype in (torch.float16, torch.bfloat16):
-            gx = torch.linalg.vector_norm(x, 2, dim=(2, 3), keepdim=True,
-                                          dtype=torch.float32)
-        else:
-            gx = spatial_l2_norm(x)
+        """The per-sample, per-channel factor: ``GRN(x) = x * scale + beta``
+        (float32 for float16 / bfloat16 ``x``, see :func:`spatial_l2_norm`)."""
+        gx = spatial_l2_norm(x)
         nx = gx / (gx.mean(dim=1, keepdim=True) + 1e-6)
         return torch.addcmul(torch.ones_like(self.gamma), self.gamma, nx)
 

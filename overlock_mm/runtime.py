@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 from mmengine.logging import MMLogger
 
-from overlock.checkpoint import safe_globals
+from overlock.checkpoint import allow_globals, safe_globals
 
 __all__ = [
     'EVAL_METRICS', 'prepare_runtime', 'apply_eval_metrics', 'build_model',
@@ -68,11 +68,7 @@ def mmengine_checkpoints():
     original = HistoryBuffer.__dict__.get('__getstate__')
     HistoryBuffer.__getstate__ = _history_buffer_getstate
     try:
-        # only new entries: leaving the context removes what it added
-        allowed = set(torch.serialization.get_safe_globals())
-        with torch.serialization.safe_globals([
-                g for g in safe_globals() + [HistoryBuffer]
-                if g not in allowed]):
+        with allow_globals(safe_globals() + [HistoryBuffer]):
             yield
     finally:
         if original is None:

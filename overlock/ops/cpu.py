@@ -72,7 +72,12 @@ def spatial_l2_norm(x: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
     allocation of the size of ``x`` costs more than the arithmetic):
     channels-first tensors reduce along their contiguous rows (3-4x faster
     than ``vector_norm`` on CPU), channels-last ones in cache-sized chunks of
-    pixels (when no gradient is needed)."""
+    pixels (when no gradient is needed). Half-precision inputs (autocast)
+    give a float32 norm: their sum of squares over a detection-sized map
+    overflows float16, and bfloat16 keeps 8 bits of it."""
+    if x.dtype in (torch.float16, torch.bfloat16):
+        return torch.linalg.vector_norm(x, 2, dim=(2, 3), keepdim=True,
+                                        dtype=torch.float32)
     n, c = x.shape[:2]
     if x.is_contiguous():
         return x.reshape(n, c, -1).norm(dim=2)[..., None, None]

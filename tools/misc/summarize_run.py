@@ -17,8 +17,10 @@ import os.path as osp
 
 #: (key in the test JSON, label) per task
 METRICS = {
-    'det': (('coco/bbox_mAP', 'bbox mAP'), ('coco/bbox_mAP_50', 'bbox mAP@50'),
-            ('coco/segm_mAP', 'segm mAP'), ('coco/segm_mAP_50', 'segm mAP@50')),
+    'det': (('coco/bbox_mAP', 'bbox mAP'),
+            ('coco/bbox_mAP_50', 'bbox mAP@50'),
+            ('coco/segm_mAP', 'segm mAP'),
+            ('coco/segm_mAP_50', 'segm mAP@50')),
     'seg': (('mIoU', 'mIoU'), ('aAcc', 'aAcc'), ('mAcc', 'mAcc')),
 }
 TASKS = {'det': 'Mask R-CNN (boxes + instance masks)',
@@ -47,11 +49,6 @@ def summary(task, work_dir, checkpoint, picture, train_s, total_s) -> str:
         if key in metrics:
             rows.append((label, f'{metrics[key]:.3f}' if task == 'det'
                          else f'{metrics[key]:.1f}'))
-    per_class = {k.split('IoU.', 1)[1]: v for k, v in metrics.items()
-                 if k.startswith('IoU.')}
-    if per_class:
-        rows.append(('IoU per class', ', '.join(
-            f'{k} {v:.1f}' for k, v in per_class.items())))
     quality = osp.join(work_dir, 'vis', 'quality.json')
     if osp.isfile(quality):
         with open(quality) as f:
