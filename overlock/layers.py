@@ -56,16 +56,23 @@ def chain(modules, x: torch.Tensor) -> torch.Tensor:
 # Small layers
 # --------------------------------------------------------------------------
 class LayerNorm2d(nn.LayerNorm):
-    """LayerNorm over the channels of an ``(N, C, H, W)`` tensor."""
+    """LayerNorm over the channels of an ``(N, C, H, W)`` tensor.
+
+    On CPU the result is the channels-last view ``F.layer_norm`` leaves (the
+    CPU convolutions pick their layout per shape). Elsewhere it is made
+    contiguous: a channels-last tensor would make cuDNN run every following
+    convolution channels-last, ~9x slower for the large depthwise kernels,
+    and would keep them from the Triton kernels (which take NCHW).
+    """
 
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__(dim, eps=eps)
 
     def forward(self, x):
-        x = x.permute(0, 2, 3, 1)
-        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias,
-                         self.eps)
-        return x.permute(0, 3, 1, 2)
+        out = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape,
+                           self.weight, self.bias, self.eps)
+        out = out.permute(0, 3, 1, 2)
+        return out if x.device.type == 'cpu' else out.contiguous()
 
 
 #: kinds of the backbone's output norms (``OverLoCK(out_norm=...)``)

@@ -1,7 +1,10 @@
 """Stride-1 depthwise convolutions with "same" padding: one dispatch point,
 :func:`depthwise_conv2d`, for every depthwise convolution of the model.
 
-* CUDA: ``depthwise_conv2d_implicit_gemm`` for the large kernels when
+* CUDA (and ``kernels='triton'``): the input is made NCHW-contiguous first
+  (a channels-last view, e.g. a LayerNorm's output, would send cuDNN to its
+  ~9x slower channels-last depthwise kernels, and the Triton kernels take
+  NCHW); then ``depthwise_conv2d_implicit_gemm`` for the large kernels when
   installed (``large_kernel=True``); otherwise the custom op
   ``torch.ops.overlock.depthwise_conv2d`` (forward and backward seen as one
   op by autograd, autocast and ``torch.compile``), which runs, per shape and
@@ -335,6 +338,9 @@ def depthwise_conv2d(x: torch.Tensor,
     """
     x, weight, bias = _autocast(x, weight, bias)
     if x.is_cuda or settings.kernels == 'triton':
+        # NCHW: cuDNN's channels-last depthwise kernels are ~9x slower, the
+        # Triton kernels and iGEMM take NCHW only
+        x = x.contiguous()
         if x.is_cuda and large_kernel and settings.kernels != 'triton':
             out = _igemm_conv(x, weight, bias)
             if out is not None:
