@@ -9,13 +9,12 @@
 Either way the BatchNorm running statistics of a recomputed segment are put
 back after the recomputation, so that each training step updates them once.
 
-Under ``torch.compile`` nothing is recomputed (dynamo cannot trace the
-checkpoint's ``context_fn`` that keeps the statistics): same numbers, the
-memory of ``selective_cp=False, with_cp=False``; a log line says so once.
+Under ``torch.compile`` nothing is recomputed here (dynamo cannot trace the
+checkpoint's ``context_fn`` that keeps the statistics): same numbers, and
+AOTAutograd's partitioner decides what the compiled backward recomputes.
 """
 import contextlib
 import functools
-import logging
 from typing import Callable, Sequence
 
 import torch
@@ -51,18 +50,9 @@ class KeepRunningStats:
         self.saved = None
 
 
-_warned = []
-
-
 def _compiling() -> bool:
-    if not torch.compiler.is_compiling():
-        return False
-    if not _warned:
-        _warned.append(True)
-        logging.getLogger(__name__).info(
-            'torch.compile: OverLoCK runs without activation recomputation '
-            '(with_cp / selective_cp), same numbers, more memory.')
-    return True
+    # no log line here: a logging call inside traced code is a graph break
+    return torch.compiler.is_compiling()
 
 
 def recompute(fn: Callable, modules: Sequence[nn.Module], *args,

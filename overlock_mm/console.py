@@ -12,7 +12,7 @@ file. Used by ``tools/train.py`` / ``tools/test.py --console brief``.
 """
 import logging
 
-from mmengine.runner import Runner
+from .runner import OverLoCKRunner
 
 __all__ = ['BriefConsoleFilter', 'BriefConsoleRunner', 'runner_class',
            'CONSOLE_MODES']
@@ -54,9 +54,9 @@ def _console_handlers(logger: logging.Logger):
             and not isinstance(h, logging.FileHandler)]
 
 
-class BriefConsoleRunner(Runner):
-    """:class:`~mmengine.runner.Runner` whose console handler carries a
-    :class:`BriefConsoleFilter` (the log file is unchanged)."""
+class BriefConsoleRunner(OverLoCKRunner):
+    """:class:`~overlock_mm.runner.OverLoCKRunner` whose console handler
+    carries a :class:`BriefConsoleFilter` (the log file is unchanged)."""
 
     def build_logger(self, *args, **kwargs):
         logger = super().build_logger(*args, **kwargs)
@@ -71,8 +71,9 @@ def runner_class(console: str = 'full'):
     """The runner class for a ``--console`` mode.
 
     Args:
-        console (str): ``'full'`` (mmengine's :class:`Runner` as it is) or
-            ``'brief'`` (:class:`BriefConsoleRunner`). Defaults to ``'full'``.
+        console (str): ``'full'`` (:class:`~overlock_mm.runner.OverLoCKRunner`,
+            mmengine's console) or ``'brief'`` (:class:`BriefConsoleRunner`).
+            Defaults to ``'full'``.
 
     Raises:
         ValueError: an unknown mode.
@@ -80,4 +81,4 @@ def runner_class(console: str = 'full'):
     if console not in CONSOLE_MODES:
         raise ValueError(f'--console must be one of {CONSOLE_MODES}, got '
                          f'{console!r}')
-    return Runner if console == 'full' else BriefConsoleRunner
+    return OverLoCKRunner if console == 'full' else BriefConsoleRunner

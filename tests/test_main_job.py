@@ -45,7 +45,9 @@ def test_runner_class():
     from mmengine.runner import Runner
 
     from overlock_mm.console import BriefConsoleRunner, runner_class
-    assert runner_class('full') is Runner
+    from overlock_mm.runner import OverLoCKRunner
+    assert runner_class('full') is OverLoCKRunner
+    assert issubclass(OverLoCKRunner, Runner)
     assert issubclass(runner_class('brief'), Runner)
     assert runner_class('brief') is BriefConsoleRunner
     with pytest.raises(ValueError, match='--console must be one of'):

@@ -20,7 +20,8 @@
   the input gradient as a flipped-kernel forward and the weight gradient as a
   grouped convolution, both much faster than oneDNN's own backward kernels
   for large kernels (``tools/analysis/bench_dwconv.py``);
-* ``cpu_conv='aten'`` or the reference mode: plain ``F.conv2d``.
+* ``cpu_conv='aten'``, the reference mode or ``torch.compile`` (CPU): plain
+  ``F.conv2d`` (under compile: one graph, no timing in it).
 """
 import functools
 from typing import Optional, Tuple
@@ -121,6 +122,10 @@ class _DepthwiseConvCPU(torch.autograd.Function):
         return _conv_forward(x, weight, bias, padding, dilation, plan)
 
     @staticmethod
+    # never compiled: a backward run by a compiled train step (mmengine's
+    # compile) would be traced by dynamo and unpack the saved tensors twice
+    # under activation checkpointing
+    @torch.compiler.disable
     @once_differentiable
     def backward(ctx, grad_out):
         x, weight = ctx.saved_tensors
@@ -350,7 +355,10 @@ def depthwise_conv2d(x: torch.Tensor,
         if x.is_cuda:
             return F.conv2d(x, weight, bias, 1, padding, dilation,
                             weight.shape[0])
+    # under torch.compile: aten's convolution (traceable, and inductor
+    # knows it); the timed plans above are Python dynamo would break on
     if settings.cpu_conv == 'aten' or settings.reference or \
+            torch.compiler.is_compiling() or \
             x.dtype not in (torch.float32, torch.float64) or x.dim() != 4:
         return F.conv2d(x, weight, bias, 1, padding, dilation,
                         weight.shape[0])
