@@ -159,3 +159,53 @@ def test_backbone_is_one_graph(kernels, train, monkeypatch):
     assert explained.graph_break_count == 0, [
         str(b.reason).split('\n')[0] for b in explained.break_reasons]
     assert explained.graph_count == 1
+
+
+def _same_layout(op, *args):
+    """The op's real outputs and its fake (meta) kernel's outputs agree in
+    shape, strides and dtype."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    real = op(*args)
+    with FakeTensorMode() as mode:
+        fake = op(*(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a
+                    for a in args))
+    real = real if isinstance(real, tuple) else (real, )
+    fake = fake if isinstance(fake, tuple) else (fake, )
+    for r, f in zip(real, fake):
+        assert (r.shape, r.stride(), r.dtype) == (f.shape, f.stride(),
+                                                  f.dtype)
+
+
+@pytest.mark.parametrize('contmix', ['band', 'slices', 'triton'])
+def test_contmix_ops_fake_strides_match_for_permuted_inputs(contmix):
+    """The fake kernels say what the real ones return, also for inputs laid
+    out as inductor may lay them out (a window-major ``attn``): a wrong fake
+    stride made inductor's compiled backward fail (toy classifier,
+    ``compile=True``)."""
+    gen = torch.Generator().manual_seed(0)
+    b, g, h, w, c, k = 1, 2, 5, 6, 3, 3
+    attn = torch.rand(k * k, b, g, h, w, generator=gen).permute(1, 2, 3, 4, 0)
+    value = torch.randn(b, g, h, w, c, generator=gen)
+    grad = torch.randn(b, g, h, w, c, generator=gen)
+    assert not attn.is_contiguous()
+    settings = dict(kernels='triton') if contmix == 'triton' else dict(
+        contmix=contmix, kernels='torch')
+    with overlock.options(**settings):
+        _same_layout(torch.ops.overlock.contmix_aggregate.default, attn,
+                     value, k)
+        _same_layout(torch.ops.overlock.contmix_aggregate_backward.default,
+                     grad, attn, value, k, True, True)
+
+
+def test_depthwise_ops_fake_strides_match_for_channels_last_inputs():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 2, 6, 7, generator=gen).contiguous(
+        memory_format=torch.channels_last)
+    weight = torch.randn(2, 3, 3, 1, generator=gen).permute(0, 3, 1, 2)
+    grad = torch.randn(1, 2, 6, 7, generator=gen).contiguous(
+        memory_format=torch.channels_last)
+    with overlock.options(kernels='triton'):
+        _same_layout(torch.ops.overlock.depthwise_conv2d.default, x, weight,
+                     None, 1, 1)
+        _same_layout(torch.ops.overlock.depthwise_conv2d_backward.default,
+                     grad, x, weight, 1, 1, True, True, True)

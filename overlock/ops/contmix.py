@@ -326,16 +326,17 @@ def _aggregate_op(attn: torch.Tensor, value: torch.Tensor,
                   kernel_size: int) -> torch.Tensor:
     kernels = triton_kernels(value)
     if kernels is not None:
-        return kernels.forward(attn, value, kernel_size)
+        return kernels.forward(attn, value, kernel_size).contiguous()
     dtype = value.dtype
     if dtype in _HALF:  # the PyTorch paths accumulate in their input dtype
         attn, value = attn.float(), value.float()
     out = torch.zeros_like(value, memory_format=torch.contiguous_format)
     if _use_band(value, kernel_size):
         a6 = attn.unflatten(-1, (kernel_size, kernel_size))
-        return _band_forward(a6, value, kernel_size, out).to(dtype)
+        return _band_forward(a6, value, kernel_size, out).to(dtype) \
+            .contiguous()
     return _slices_forward(_window_major(attn), value, kernel_size,
-                           out).to(dtype)
+                           out).to(dtype).contiguous()
 
 
 @_aggregate_op.register_fake
@@ -365,15 +366,22 @@ def _aggregate_backward_op(grad_out: torch.Tensor, attn: torch.Tensor,
     else:
         ga, gv = _slices_backward(_window_major(attn), value, kernel_size,
                                   grad_out, need_attn, need_value)
-    # custom ops return tensors: empty ones stand for "not needed"
-    return (ga.to(dtype) if need_attn else attn.new_empty(0, dtype=dtype),
-            gv.to(dtype) if need_value else value.new_empty(0, dtype=dtype))
+    # custom ops return tensors: empty ones stand for "not needed"; the
+    # gradients are contiguous whatever the inputs' strides (as the fake
+    # says: inductor lays out what it compiles by the fake's strides)
+    return (ga.to(dtype).contiguous() if need_attn
+            else attn.new_empty(0, dtype=dtype),
+            gv.to(dtype).contiguous() if need_value
+            else value.new_empty(0, dtype=dtype))
 
 
 @_aggregate_backward_op.register_fake
 def _(grad_out, attn, value, kernel_size, need_attn, need_value):
-    return (torch.empty_like(attn) if need_attn else attn.new_empty(0),
-            torch.empty_like(value) if need_value else value.new_empty(0))
+    dense = torch.contiguous_format
+    return (torch.empty_like(attn, memory_format=dense) if need_attn
+            else attn.new_empty(0),
+            torch.empty_like(value, memory_format=dense) if need_value
+            else value.new_empty(0))
 
 
 def _setup_context(ctx, inputs, output):

@@ -236,17 +236,21 @@ def _conv_backward_op(grad_out: torch.Tensor, x: torch.Tensor,
                                  need_x, need_w)
     gb = grad_out.sum((0, 2, 3), dtype=torch.float32).to(grad_out.dtype) \
         if need_b else None
-    # custom ops return tensors: empty ones stand for "not needed"
-    return (gx if need_x else x.new_empty(0),
-            gw if need_w else weight.new_empty(0),
+    # custom ops return tensors: empty ones stand for "not needed"; the
+    # gradients are contiguous whatever the inputs' strides (as the fake
+    # says: inductor lays out what it compiles by the fake's strides)
+    return (gx.contiguous() if need_x else x.new_empty(0),
+            gw.contiguous() if need_w else weight.new_empty(0),
             gb if need_b else x.new_empty(0))
 
 
 @_conv_backward_op.register_fake
 def _(grad_out, x, weight, padding, dilation, need_x, need_w, need_b):
-    return (torch.empty_like(x, memory_format=torch.contiguous_format)
+    dense = torch.contiguous_format
+    return (torch.empty_like(x, memory_format=dense)
             if need_x else x.new_empty(0),
-            torch.empty_like(weight) if need_w else weight.new_empty(0),
+            torch.empty_like(weight, memory_format=dense) if need_w
+            else weight.new_empty(0),
             x.new_empty(x.shape[1]) if need_b else x.new_empty(0))
 
 
