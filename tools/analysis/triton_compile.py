@@ -23,6 +23,7 @@ triton wheel; nothing else is needed.
 import argparse
 import collections
 import contextlib
+import functools
 import json
 import os
 import os.path as osp
@@ -79,21 +80,26 @@ class Variant(collections.namedtuple(
             (f'; {div16} %16=0)' if div16 else ')')
 
 
+@functools.lru_cache(maxsize=None)
 def _jit(fn):
     """A compilable ``JITFunction`` of a kernel's Python function (the
     interpreter's wrapper cannot be compiled)."""
-    cache = _jit.__dict__.setdefault('cache', {})
-    if fn not in cache:
-        cache[fn] = JITFunction(fn)
-    return cache[fn]
+    return JITFunction(fn)
+
+
+@functools.lru_cache(maxsize=None)
+def _binder(fn):
+    """``(jit, backend, binder)``: Triton's argument specialiser for ``fn``
+    (built once: the model launches each kernel many times)."""
+    jit = _jit(fn)
+    backend = make_backend(_RECORD_TARGET)
+    return jit, backend, create_function_from_signature(
+        jit.signature, jit.params, backend)
 
 
 def _variant(kernel, args, kwargs) -> Variant:
     """The variant Triton's launcher would compile for these arguments."""
-    jit = _jit(kernel.fn)
-    backend = make_backend(_RECORD_TARGET)
-    binder = create_function_from_signature(jit.signature, jit.params,
-                                            backend)
+    jit, backend, binder = _binder(kernel.fn)
     bound, spec, options = binder(*args, **kwargs)
     _, signature, constexprs, attrs = jit._pack_args(
         backend, kwargs, bound, spec, options)
