@@ -291,14 +291,15 @@ def _conv_backward_flops(grad_shape, x_shape, weight_shape, padding,
 
 
 def _op_applies(x, weight, padding, dilation) -> bool:
-    """Whether the custom op may take this convolution: a contiguous 4-D
-    float32/16/bfloat16 input, an odd "same" kernel, a Triton-capable device
-    (CUDA, or CPU with ``kernels='triton'``)."""
+    """Whether the custom op may take this convolution: a 4-D
+    float32/16/bfloat16 input (made NCHW by :func:`depthwise_conv2d` before
+    this is asked), an odd "same" kernel, a Triton-capable device (CUDA, or
+    CPU with ``kernels='triton'``)."""
     k = weight.shape[-1]
     return (settings.kernels != 'torch' and not settings.reference
             and (x.is_cuda or settings.kernels == 'triton')
             and x.dim() == 4 and x.dtype in _TRITON_DTYPES
-            and x.is_contiguous() and k % 2 == 1
+            and k % 2 == 1
             and tuple(weight.shape) == (x.shape[1], 1, k, k)
             and 2 * padding == dilation * (k - 1)
             and triton_kernels(x, 'triton_dwconv') is not None)
