@@ -29,9 +29,12 @@ Switches (environment variable in brackets):
 * ``reference`` (bool; ``OVERLOCK_REFERENCE=1``): the official code's
   structure, for the benchmark's baseline and tests only;
 * ``kernels`` (``'auto'``, ``'triton'``, ``'torch'``; ``OVERLOCK_KERNELS``):
-  the Triton kernels of :mod:`overlock.ops.triton_contmix` for CUDA tensors
-  when triton is installed (``'auto'``), for every tensor (``'triton'``; on
-  CPU with ``TRITON_INTERPRET=1``: how the tests check them), or never.
+  ``'auto'``: the Triton ContMix kernels (:mod:`overlock.ops.triton_contmix`)
+  for CUDA tensors when triton is installed, ATen's depthwise convolutions
+  (faster on an H100 than :mod:`overlock.ops.triton_dwconv`, see
+  :mod:`overlock.ops.dwconv`); ``'triton'``: all Triton kernels, for every
+  tensor (on CPU with ``TRITON_INTERPRET=1``: how the tests check them);
+  ``'torch'``: none.
 """
 import contextlib
 import os

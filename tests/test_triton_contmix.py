@@ -60,9 +60,9 @@ def test_triton_kernels_equal_reference(shape, dtype):
 def test_triton_only_value_or_attn_gradient():
     attn, value, go = _case(1, 1, 6, 7, 3, 3, torch.float32)
     with overlock.options(kernels='triton'):
-        a = attn.float().requires_grad_()
-        out = contmix_aggregate(a, value.float(), 3)
-        (ga, ) = torch.autograd.grad(out, a, go.float())
+        a = attn.to(DEVICE, torch.float32).requires_grad_()
+        out = contmix_aggregate(a, value.to(DEVICE, torch.float32), 3)
+        (ga, ) = torch.autograd.grad(out, a, go.to(DEVICE, torch.float32))
     ref_a = attn.clone().requires_grad_()
     (want, ) = torch.autograd.grad(
         contmix_aggregate_reference(ref_a, value, 3), ref_a, go)
@@ -73,9 +73,10 @@ def test_triton_is_deterministic():
     attn, value, go = _case(1, 2, 9, 10, 6, 5, torch.float32, seed=3)
     grads = []
     for _ in range(2):
-        v = value.float().requires_grad_()
+        v = value.to(DEVICE, torch.float32).requires_grad_()
         with overlock.options(kernels='triton'):
-            contmix_aggregate(attn.float(), v, 5).backward(go.float())
+            contmix_aggregate(attn.to(DEVICE, torch.float32), v,
+                              5).backward(go.to(DEVICE, torch.float32))
         grads.append(v.grad)
     assert torch.equal(*grads)
 

@@ -127,8 +127,9 @@ def test_float64_keeps_the_pytorch_path_channels_last_goes_nchw():
     with overlock.options(kernels='triton'), FlopCounterMode(
             display=False) as counter:
         out_cl = depthwise_conv2d(
-            x.float().contiguous(memory_format=torch.channels_last),
-            weight.float(), bias.float(), 1)
+            x.float().to(DEVICE).contiguous(
+                memory_format=torch.channels_last),
+            weight.float().to(DEVICE), bias.float().to(DEVICE), 1)
     assert torch.ops.overlock.depthwise_conv2d in \
         counter.get_flop_counts()['Global']
     assert out_cl.is_contiguous()
@@ -169,3 +170,21 @@ def test_custom_op_registration():
                               args, test_utils=('test_schema',
                                                 'test_autograd_registration',
                                                 'test_faketensor'))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_cuda_default_is_aten_and_triton_is_forced_by_the_switch():
+    """On CUDA the default runs ATen's depthwise kernels (faster than the
+    Triton ones on an H100, and no custom-op dispatch); kernels='triton'
+    runs the custom op. Same numbers."""
+    x, weight, bias, _ = _case(2, 4, 12, 13, 7, seed=6)
+    args = (x.float().cuda(), weight.float().cuda(), bias.float().cuda(), 3)
+    outs = []
+    for kernels in ('auto', 'triton'):
+        with overlock.options(kernels=kernels), FlopCounterMode(
+                display=False) as counter:
+            outs.append(depthwise_conv2d(*args))
+        used = torch.ops.overlock.depthwise_conv2d in \
+            counter.get_flop_counts()['Global']
+        assert used == (kernels == 'triton')
+    assert _rel(outs[0], outs[1].double().cpu()) < 1e-5

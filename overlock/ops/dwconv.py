@@ -5,12 +5,14 @@
   (a channels-last view, e.g. a LayerNorm's output, would send cuDNN to its
   ~9x slower channels-last depthwise kernels, and the Triton kernels take
   NCHW); then ``depthwise_conv2d_implicit_gemm`` for the large kernels when
-  installed (``large_kernel=True``); otherwise the custom op
-  ``torch.ops.overlock.depthwise_conv2d`` (forward and backward seen as one
-  op by autograd, autocast and ``torch.compile``), which runs, per shape and
-  separately for the forward and the backward, whichever of cuDNN
-  (``F.conv2d`` and its backward) and the Triton kernels of
-  :mod:`.triton_dwconv` was faster when first timed (bounded cache);
+  installed (``large_kernel=True``); otherwise plain ``F.conv2d`` (cuDNN /
+  ATen). Measured on an H100 (OverLoCK-T training step, 2x800x1216, every
+  depthwise shape of the model timed both ways): ATen's kernels were faster
+  than the Triton kernels of :mod:`.triton_dwconv` for all 37 backward
+  shapes (1.05-6x) and 32 of 37 forward ones (Triton saved 0.5 ms in all),
+  and the custom op's dispatch cost ~0.3 ms of host time per call in a
+  host-bound step, so CUDA keeps ATen and needs no per-shape timing (which
+  would also re-run for every new image size in detection);
 * ``kernels='triton'`` (``OVERLOCK_KERNELS=triton``): the Triton kernels for
   every float32/16/bfloat16 tensor, also on CPU with ``TRITON_INTERPRET=1``
   (how the tests run the GPU code); ``kernels='torch'``: never;
@@ -151,10 +153,10 @@ class _DepthwiseConvCPU(torch.autograd.Function):
 
 
 # --------------------------------------------------------------------------
-# The custom op (CUDA, or kernels='triton'): cuDNN or Triton per shape
+# The custom op (kernels='triton'): the Triton kernels, seen by autograd,
+# autocast and torch.compile as one op
 # --------------------------------------------------------------------------
 _TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_cuda_plans = AutoTuner('depthwise conv on CUDA (cudnn, triton)', maxsize=256)
 
 
 def _cudnn_backward(grad_out, x, weight, padding, dilation, need_x, need_w):
@@ -165,47 +167,15 @@ def _cudnn_backward(grad_out, x, weight, padding, dilation, need_x, need_w):
     return gx, gw
 
 
-def _timing_candidates(mod, stage, x, weight, padding, dilation):
-    xd, wd = x.detach(), weight.detach()
-
-    def synced(fn):
-        def run():
-            with torch.no_grad():
-                fn()
-            torch.cuda.synchronize(x.device)
-        return run
-
-    if stage == 'forward':
-        return [('cudnn', synced(lambda: F.conv2d(
-            xd, wd, None, 1, padding, dilation, wd.shape[0]))),
-                ('triton', synced(lambda: mod.forward(
-                    xd, wd, None, padding, dilation)))]
-    # backward: x stands in for the output gradient (same shape)
-    return [('cudnn', synced(lambda: _cudnn_backward(
-        xd, xd, wd, padding, dilation, True, True))),
-            ('triton', synced(lambda: (
-                mod.input_grad(xd, wd, padding, dilation),
-                mod.weight_grad(xd, xd, wd.shape[-1], padding, dilation))))]
-
-
-def _triton_for(x, weight, padding, dilation, stage):
-    """The Triton module if it runs this convolution's ``stage``
-    (``'forward'`` / ``'backward'``), else ``None`` (cuDNN)."""
-    mod = triton_kernels(x, 'triton_dwconv')
-    if mod is None or settings.kernels == 'triton' or not x.is_cuda:
-        return mod
-    key = (stage, tuple(x.shape), weight.shape[-1], dilation, x.dtype,
-           x.device.index)
-    choice = _cuda_plans.choose(key, lambda: _timing_candidates(
-        mod, stage, x, weight, padding, dilation))
-    return mod if choice == 'triton' else None
+def _triton_module(x):
+    return triton_kernels(x, 'triton_dwconv')
 
 
 @torch.library.custom_op('overlock::depthwise_conv2d', mutates_args=())
 def _conv_op(x: torch.Tensor, weight: torch.Tensor,
              bias: Optional[torch.Tensor], padding: int,
              dilation: int) -> torch.Tensor:
-    mod = _triton_for(x, weight, padding, dilation, 'forward')
+    mod = _triton_module(x)
     if mod is not None:
         return mod.forward(x, weight, bias, padding, dilation)
     return F.conv2d(x, weight, bias, 1, padding, dilation,
@@ -225,7 +195,7 @@ def _conv_backward_op(grad_out: torch.Tensor, x: torch.Tensor,
                       need_b: bool) -> Tuple[torch.Tensor, torch.Tensor,
                                              torch.Tensor]:
     grad_out = grad_out.contiguous()
-    mod = _triton_for(x, weight, padding, dilation, 'backward')
+    mod = _triton_module(x)
     if mod is not None:
         gx = mod.input_grad(grad_out, weight, padding, dilation) \
             if need_x else None
@@ -293,11 +263,10 @@ def _conv_backward_flops(grad_shape, x_shape, weight_shape, padding,
 def _op_applies(x, weight, padding, dilation) -> bool:
     """Whether the custom op may take this convolution: a 4-D
     float32/16/bfloat16 input (made NCHW by :func:`depthwise_conv2d` before
-    this is asked), an odd "same" kernel, a Triton-capable device (CUDA, or
-    CPU with ``kernels='triton'``)."""
+    this is asked), an odd "same" kernel, ``kernels='triton'`` (on CUDA, or
+    on CPU with ``TRITON_INTERPRET=1``)."""
     k = weight.shape[-1]
-    return (settings.kernels != 'torch' and not settings.reference
-            and (x.is_cuda or settings.kernels == 'triton')
+    return (settings.kernels == 'triton' and not settings.reference
             and x.dim() == 4 and x.dtype in _TRITON_DTYPES
             and k % 2 == 1
             and tuple(weight.shape) == (x.shape[1], 1, k, k)
@@ -346,20 +315,26 @@ def depthwise_conv2d(x: torch.Tensor,
         large_kernel (bool): An undilated "same" large kernel: may use
             ``depthwise_conv2d_implicit_gemm`` on CUDA. Defaults to False.
     """
-    x, weight, bias = _autocast(x, weight, bias)
     if x.is_cuda or settings.kernels == 'triton':
         # NCHW: cuDNN's channels-last depthwise kernels are ~9x slower, the
         # Triton kernels and iGEMM take NCHW only
         x = x.contiguous()
-        if x.is_cuda and large_kernel and settings.kernels != 'triton':
-            out = _igemm_conv(x, weight, bias)
-            if out is not None:
-                return out
+        if x.is_cuda and settings.kernels != 'triton':
+            if large_kernel:
+                out = _igemm_conv(*_autocast(x, weight, bias))
+                if out is not None:
+                    return out
+            # autocast casts (and caches the parameters' casts) itself
+            return F.conv2d(x, weight, bias, 1, padding, dilation,
+                            weight.shape[0])
+        x, weight, bias = _autocast(x, weight, bias)
         if _op_applies(x, weight, padding, dilation):
             return _conv_op(x, weight, bias, padding, dilation)
         if x.is_cuda:
             return F.conv2d(x, weight, bias, 1, padding, dilation,
                             weight.shape[0])
+    else:
+        x, weight, bias = _autocast(x, weight, bias)
     # under torch.compile: aten's convolution (traceable, and inductor
     # knows it); the timed plans above are Python dynamo would break on
     if settings.cpu_conv == 'aten' or settings.reference or \
