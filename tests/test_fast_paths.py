@@ -252,3 +252,63 @@ def test_tracing_uses_portable_ops():
         assert '_convolution_pointwise' not in graph
         for a, b in zip(traced(x), model(x)):
             _assert_rel(a, b)
+
+
+class _CountingBN(torch.nn.BatchNorm2d):
+    """A BatchNorm class with its own forward (as SyncBatchNorm has): the
+    recomputation keeps its counter and decrements it afterwards."""
+
+    def forward(self, x):
+        return super().forward(x)
+
+
+@pytest.mark.parametrize('cls', [torch.nn.BatchNorm2d, _CountingBN])
+@pytest.mark.parametrize('momentum', [0.1, None])
+def test_keep_running_stats_leaves_buffers_and_settings(cls, momentum):
+    from overlock.recompute import KeepRunningStats
+    torch.manual_seed(0)
+    bn = cls(3, momentum=momentum).train()
+    bn(torch.randn(2, 3, 4, 5))  # running statistics away from 0 / 1
+    before = {k: v.clone() for k, v in bn.state_dict().items()}
+    counter = bn.num_batches_tracked
+    x = torch.randn(2, 3, 4, 5, requires_grad=True)
+    with KeepRunningStats([bn]):
+        out = bn(x)
+    for k, v in bn.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert bn.momentum == momentum and bn.num_batches_tracked is counter
+    # the same numbers as an ordinary training-mode forward
+    torch.testing.assert_close(out, F.batch_norm(
+        x, None, None, bn.weight, bn.bias, True, 0., bn.eps))
+    bn(x)
+    assert bn.num_batches_tracked.item() == before[
+        'num_batches_tracked'].item() + 1
+
+
+def test_recomputation_copies_no_buffers():
+    """Selective recomputation adds no copy of the BatchNorm statistics
+    (each a kernel launch on a GPU) to a training step."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func.overloadpacket))
+            return func(*args, **(kwargs or {}))
+
+    counts = []
+    for cp in (False, True):
+        model = _tiny(selective_cp=cp).train()
+        x = torch.randn(2, 3, 48, 48)
+        with Count() as c:
+            sum(o.mean() for o in model(x)).backward()
+        counts.append({n: c.ops.count(n) for n in ('aten.copy_',
+                                                   'aten.native_batch_norm')})
+    plain, selective = counts
+    assert selective['aten.copy_'] == plain['aten.copy_']
+    # the recomputed BatchNorms run again, and nothing else is added for them
+    assert selective['aten.native_batch_norm'] > \
+        plain['aten.native_batch_norm']
