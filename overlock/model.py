@@ -36,7 +36,8 @@ from .layers import (GRN, BNConv, ConvBN, ConvBNAct, DilatedReparamBlock,
                      DropPath, Fusion, GRNMlp, LargeKernelBN, LayerNorm2d,
                      LayerScale, RepConvProj, ResDWConv, SEModule, chain,
                      OUT_NORMS, conv_bn, make_out_norm, make_stem)
-from .ops.contmix import at_contmix_size, bias_index, contmix_aggregate
+from .ops.contmix import (at_contmix_size, contmix_aggregate,
+                          neighborhood_bias)
 from .recompute import Recompute
 
 __all__ = ['OverLoCK', 'ARCH_SETTINGS', 'ARCH_DEFAULTS', 'RepConvBlock',
@@ -198,10 +199,8 @@ class DynamicConvBlock(Recompute, nn.Module):
             attn = attn + self.weight_proj.bias
             attn1, attn2 = torch.split(attn, [small * small, large * large],
                                        -1)
-            attn1 = attn1 + self.rpb1.flatten(1)[:, bias_index(
-                h, w, small, attn.device)]
-            attn2 = attn2 + self.rpb2.flatten(1)[:, bias_index(
-                h, w, large, attn.device)]
+            attn1 = attn1 + neighborhood_bias(self.rpb1, h, w, small)
+            attn2 = attn2 + neighborhood_bias(self.rpb2, h, w, large)
             attn1 = attn1.softmax(dim=-1).view(b, g, h, w, -1)
             attn2 = attn2.softmax(dim=-1).view(b, g, h, w, -1)
         value = x.reshape(b, 2, g, c // (2 * g), h, w).permute(1, 0, 2, 4, 5, 3)

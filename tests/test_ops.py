@@ -222,3 +222,23 @@ def test_depthwise_conv_plans_equal_conv2d(plan, channels_last_input):
     torch.testing.assert_close(y, F.conv2d(x, w, b, 1, 8, 2, 6), rtol=1e-5,
                                atol=1e-5)
     assert is_channels_last(y) == channels_last_input
+
+
+@pytest.mark.parametrize('h,w,k,g', [(7, 9, 5, 2), (13, 13, 13, 1),
+                                     (6, 11, 3, 3)])
+def test_neighborhood_bias_gradient_is_the_gather_gradient(h, w, k, g):
+    """The relative-position bias: the gather's values, and its gradient
+    through two one-hot matrix products equals the scatter-add's."""
+    from overlock.ops import bias_index, neighborhood_bias
+    gen = torch.Generator().manual_seed(k)
+    table = torch.randn(g, 2 * k - 1, 2 * k - 1, generator=gen,
+                        dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(g, h * w, k * k, generator=gen, dtype=torch.float64)
+    want = table.flatten(1)[:, bias_index(h, w, k, table.device)]
+    (want_grad, ) = torch.autograd.grad(want, table, grad)
+    out = neighborhood_bias(table, h, w, k)
+    (got_grad, ) = torch.autograd.grad(out, table, grad)
+    assert torch.equal(out, want)
+    torch.testing.assert_close(got_grad, want_grad, rtol=0, atol=1e-12)
+    # not the index path's backward
+    assert out.grad_fn.name() != want.grad_fn.name()

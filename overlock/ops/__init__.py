@@ -19,14 +19,16 @@ from .accelerators import accelerator_status
 from .autotune import AutoTuner
 from .contmix import (aggregate_window_major, bias_index, contmix_aggregate,
                       contmix_aggregate_reference, contmix_size,
-                      neighborhood_bias_index, neighborhood_starts)
+                      neighborhood_bias, neighborhood_bias_index,
+                      neighborhood_starts)
 from .cpu import conv_act, is_channels_last, spatial_l2_norm
 from .dwconv import depthwise_conv2d, dilate_kernel
 
 __all__ = [
     'contmix_aggregate', 'contmix_aggregate_reference',
     'aggregate_window_major', 'neighborhood_starts',
-    'neighborhood_bias_index', 'bias_index', 'contmix_size',
+    'neighborhood_bias_index', 'bias_index', 'neighborhood_bias',
+    'contmix_size',
     'depthwise_conv2d', 'dilate_kernel', 'conv_act', 'is_channels_last',
     'spatial_l2_norm', 'accelerator_status', 'AutoTuner', 'set_accelerators',
     'set_contmix_mode', 'set_cpu_conv_mode', 'set_reference_mode',
