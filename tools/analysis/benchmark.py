@@ -31,8 +31,9 @@ Implementations (``--compare A B``):
 ``--dtype fp16 / bf16`` runs under ``torch.autocast`` (the training step
 too; its loss is summed in float32, no loss scaling is needed for timing).
 On CUDA, times are CUDA-event timings of each step and ``--profile``
-prints the top kernels of one more step (``torch.profiler``: CUDA time on
-CUDA, CPU time on CPU).
+profiles one more step (``torch.profiler``): kernels launched, device and
+host time, and the top ops by device time and by host time (on CPU: by CPU
+time).
 
 Numbers are medians over ``--rounds`` x ``--repeats`` runs, each round after
 ``--warmup`` runs, the rounds interleaving the implementations. On CPU
@@ -95,22 +96,42 @@ def build(impl, arch, flavour, device, size=None):
 
 
 def _profile(step, cuda, top):
-    """The top kernels of one ``step`` (self time on the device)."""
+    """One ``step`` under ``torch.profiler``: a summary line (on CUDA:
+    kernels launched, device and host time; a step whose host time exceeds
+    its device time is launch-bound) and the ``top`` ops by self time on
+    the device, then (CUDA) by self time on the host."""
+    import torch
     from torch.profiler import ProfilerActivity, profile
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=acts) as prof:
         step()
-    key = 'self_cuda_time_total' if cuda else 'self_cpu_time_total'
-    return prof.key_averages().table(sort_by=key, row_limit=top)
+        if cuda:
+            torch.cuda.synchronize()
+    events = prof.key_averages()
+    host_ms = sum(e.self_cpu_time_total for e in events) / 1e3
+    if not cuda:
+        return (f'host time {host_ms:.1f} ms (profiled)\n' + events.table(
+            sort_by='self_cpu_time_total', row_limit=top))
+    kernels = [e for e in events
+               if e.device_type == torch.autograd.DeviceType.CUDA]
+    launches = sum(e.count for e in kernels)
+    device_ms = sum(e.self_device_time_total for e in kernels) / 1e3
+    return (f'{launches} kernels, device time {device_ms:.1f} ms, host time '
+            f'{host_ms:.1f} ms (profiled)\n\nby device time\n' +
+            events.table(sort_by='self_cuda_time_total', row_limit=top) +
+            '\nby host time\n' +
+            events.table(sort_by='self_cpu_time_total', row_limit=top))
 
 
 def measure(impl, arch, flavour, mode, size, batch, device, repeats, warmup,
-            threads, dtype='fp32', profile_top=0):
+            threads, dtype='fp32', profile_top=0, compile=False):
     import torch
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = build(impl, arch, flavour, device, size)
+    if compile:  # inductor; the warm-up runs take the compilation
+        model = torch.compile(model)
     x = torch.randn(batch, 3, *size, device=device)
     if impl == 'channels_last':
         x = x.contiguous(memory_format=torch.channels_last)
@@ -170,7 +191,7 @@ def measure(impl, arch, flavour, mode, size, batch, device, repeats, warmup,
                median_ms=statistics.median(times) * 1e3,
                min_ms=min(times) * 1e3, runs=len(times),
                times_ms=[t * 1e3 for t in times],
-               peak_mem_mb=peak)
+               peak_mem_mb=peak, compiled=compile)
     if profile_top:
         res['profile'] = _profile(step, cuda, profile_top)
     return res
@@ -202,7 +223,7 @@ def run_isolated(args, spec, mode, dtype):
            str(args.batch), '--device', args.device, '--repeats',
            str(args.repeats), '--warmup', str(args.warmup), '--threads',
            str(args.threads), '--dtype', dtype, '--profile',
-           str(args.profile)]
+           str(args.profile)] + (['--compile'] if args.compile else [])
     env = dict(os.environ)
     if args.malloc == 'heap':
         env.update(MALLOC_SETTINGS)
@@ -228,11 +249,15 @@ def _run_mode(args, mode, dtype):
                 res = measure(impl, args.arch, args.flavour, mode,
                               tuple(args.size), args.batch, args.device,
                               args.repeats, args.warmup, args.threads, dtype,
-                              args.profile)
+                              args.profile, args.compile)
             else:
                 res = run_isolated(args, impl, mode, dtype)
                 res['malloc'] = args.malloc
             rounds[impl].append(res)
+            # progress, so that an interrupted run still reports
+            print(f'# {mode} {dtype} {impl}: {res["median_ms"]:.1f} ms, '
+                  f'{res["peak_mem_mb"]:.0f} MB', file=sys.stderr,
+                  flush=True)
     results = []
     for impl in impls:
         res = dict(rounds[impl][0])
@@ -281,6 +306,9 @@ def main(argv=None):
     p.add_argument('--profile', type=int, nargs='?', const=15, default=0,
                    metavar='TOP', help='print the TOP kernels of one step '
                    '(torch.profiler; default 15)')
+    p.add_argument('--compile', action='store_true',
+                   help='torch.compile every implementation (inductor); '
+                   'the warm-up runs take the compilation')
     p.add_argument('--json', help='also write the results here')
     p.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
     p.add_argument('--impl', default='ours', help=argparse.SUPPRESS)
@@ -289,7 +317,8 @@ def main(argv=None):
     if args.worker:
         res = measure(args.impl, args.arch, args.flavour, args.mode,
                       tuple(args.size), args.batch, args.device, args.repeats,
-                      args.warmup, args.threads, args.dtype[0], args.profile)
+                      args.warmup, args.threads, args.dtype[0], args.profile,
+                      args.compile)
         print(json.dumps(res))
         return
     if args.peers:
@@ -308,6 +337,7 @@ def main(argv=None):
           f'{args.batch}x3x{args.size[0]}x{args.size[1]}, '
           f'{results[0]["device_name"]} ({args.device}), median of '
           f'{args.rounds} x {args.repeats} after {args.warmup} warm-up' +
+          (', torch.compile' if args.compile else '') +
           (f', malloc {args.malloc}' if args.device == 'cpu' else ''))
     width = max([15] + [len(r['impl']) + 2 for r in results])
     head = f'{"mode":<6}{"dtype":<6}{"impl":<{width}}{"median ms":>11}' \

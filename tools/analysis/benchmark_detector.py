@@ -105,8 +105,7 @@ def measure(config, args):
         if mode == 'train':
             model.train()
 
-            def step():
-                optim_wrapper.optim_context(model)  # as the loop does
+            def step():  # train_step enters optim_context (autocast)
                 model.train_step(data, optim_wrapper)
         else:
             model.eval()
@@ -156,7 +155,14 @@ def main(argv=None):
     import torch
     device_name = torch.cuda.get_device_name(args.device) \
         if args.device.startswith('cuda') else 'CPU'
-    results = [measure(c, args) for c in args.configs]
+    results = []
+    for config in args.configs:
+        results.append(measure(config, args))
+        # progress, so that an interrupted run still reports
+        print(f'# {config}: ' + ', '.join(
+            f'{m} {r["median_s"]:.3f} s/iter, {r["peak_mem_mb"]:.0f} MB'
+            for m, r in results[-1].items() if isinstance(r, dict)),
+            file=sys.stderr, flush=True)
     print(f'{device_name}, batch {args.batch}, {args.size[0]}x{args.size[1]}'
           f', {args.amp}, median of {args.iters} after {args.warmup} '
           f'warm-up')
