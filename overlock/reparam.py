@@ -7,12 +7,14 @@ no autograd, the ``fast_inference`` switch on, not the reference mode, and
 not while tracing, scripting, exporting or compiling (there the plain layers
 run, so a traced graph holds the real parameters, not cached constants).
 """
+import functools
 from typing import Callable, Optional, Tuple
 
 import torch
 from torch import nn
 
 from .config import settings
+from .ops.contmix import outside_inference_mode
 from .ops.dwconv import dilate_kernel
 
 __all__ = [
@@ -44,13 +46,21 @@ def fold_bn_before(conv: nn.Conv2d,
     return w * scale.view(1, -1, 1, 1), bias + w.flatten(1) @ shift
 
 
+@functools.lru_cache(maxsize=32)
+def _centre_tap(shape: Tuple[int, ...], dtype: torch.dtype,
+                device: torch.device) -> torch.Tensor:
+    with outside_inference_mode():
+        delta = torch.zeros(shape, dtype=dtype, device=device)
+        delta[:, :, shape[-2] // 2, shape[-1] // 2] = 1
+    return delta
+
+
 def with_identity(weight: torch.Tensor) -> torch.Tensor:
     """A depthwise kernel with 1 added to its centre tap: ``x + conv(x)`` as
-    one convolution."""
-    k = weight.shape[-1]
-    delta = torch.zeros_like(weight)
-    delta[:, :, k // 2, k // 2] = 1
-    return weight + delta
+    one convolution (one addition of a cached constant: on a GPU, where a
+    training step is launch-bound, one kernel instead of three)."""
+    return weight + _centre_tap(tuple(weight.shape), weight.dtype,
+                                weight.device)
 
 
 def exporting() -> bool:

@@ -303,7 +303,9 @@ def test_recomputation_copies_no_buffers():
     for cp in (False, True):
         model = _tiny(selective_cp=cp).train()
         x = torch.randn(2, 3, 48, 48)
-        with Count() as c:
+        # aten convolutions: the CPU plans are timed, and their layout
+        # copies would depend on which one wins
+        with overlock.options(cpu_conv='aten'), Count() as c:
             sum(o.mean() for o in model(x)).backward()
         counts.append({n: c.ops.count(n) for n in ('aten.copy_',
                                                    'aten.native_batch_norm')})

@@ -180,3 +180,23 @@ def test_timm_registration():
     clf = timm.create_model('overlock_xt_reparam', num_classes=5)
     assert clf.deploy and clf.pretrained_cfg['url'].endswith('_reparam.pth')
     assert clf.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 5)
+
+
+@pytest.mark.parametrize('reference', [False, True])
+def test_train_after_inference_mode_eval_at_the_same_size(reference):
+    """Cached index tensors built under torch.inference_mode used to be
+    saved for the backward of a later training step at the same map size:
+    'Inference tensors cannot be saved for backward'."""
+    import overlock
+    from overlock.ops import contmix
+    contmix.bias_index.cache_clear()
+    torch.manual_seed(0)
+    model = OverLoCK(TINY_ARCH).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with overlock.options(reference=reference):
+        with torch.inference_mode():
+            model(x)
+        model.train()
+        sum(o.sum() for o in model(x)).backward()
+    assert all(p.grad is not None for n, p in model.named_parameters()
+               if 'rpb' in n)

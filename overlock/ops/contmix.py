@@ -30,6 +30,7 @@ One dispatch point, :func:`contmix_aggregate`:
 :func:`aggregate_window_major` is the no-autograd entry of the fused CPU
 inference path (window-major weights, accumulates into ``out``).
 """
+import contextlib
 import functools
 from typing import Tuple
 
@@ -92,11 +93,22 @@ def neighborhood_bias_index(height: int, width: int, kernel_size: int,
     return idx.reshape(height * width, kernel_size * kernel_size)
 
 
+def outside_inference_mode():
+    """Cached constants are built as normal tensors: one built under
+    ``torch.inference_mode`` could not be saved for a later backward
+    (evaluating, then training at the same size, failed so)."""
+    if torch.compiler.is_compiling():  # traced: nothing is cached
+        return contextlib.nullcontext()
+    return torch.inference_mode(False) if \
+        torch.is_inference_mode_enabled() else contextlib.nullcontext()
+
+
 @functools.lru_cache(maxsize=64)
 def bias_index(height: int, width: int, kernel_size: int,
                device: torch.device) -> torch.Tensor:
     """:func:`neighborhood_bias_index`, cached per size and device."""
-    return neighborhood_bias_index(height, width, kernel_size, device)
+    with outside_inference_mode():
+        return neighborhood_bias_index(height, width, kernel_size, device)
 
 
 @functools.lru_cache(maxsize=64)
@@ -104,9 +116,10 @@ def _bias_one_hot(length: int, kernel_size: int,
                   device: torch.device) -> torch.Tensor:
     """``(length * K, 2K - 1)``: row ``(i, k)`` selects the table row that
     position ``i`` uses for its ``k``-th window element."""
-    rows = _bias_starts(length, kernel_size, device)[:, None] + \
-        torch.arange(kernel_size, device=device)
-    return F.one_hot(rows.flatten(), 2 * kernel_size - 1).float()
+    with outside_inference_mode():
+        rows = _bias_starts(length, kernel_size, device)[:, None] + \
+            torch.arange(kernel_size, device=device)
+        return F.one_hot(rows.flatten(), 2 * kernel_size - 1).float()
 
 
 class _NeighborhoodBias(torch.autograd.Function):
