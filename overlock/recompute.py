@@ -30,41 +30,56 @@ __all__ = ['KeepRunningStats', 'recompute', 'Recompute']
 class KeepRunningStats:
     """Leaves the running statistics of the BatchNorms under ``modules``
     unchanged inside the block (used around a backward-time
-    recomputation), at no tensor operation for ``nn.BatchNorm*``.
+    recomputation).
 
-    Inside, each BatchNorm's ``momentum`` is 0 (the update ``(1 - m) *
-    running + m * batch`` keeps ``running`` exactly) and its
-    ``num_batches_tracked`` buffer is detached (``None``: not counted); the
-    forward still normalises with the batch statistics and saves the same
-    tensors for its backward, as the checkpoint requires. A BatchNorm class
-    that insists on the counter (``SyncBatchNorm``) keeps it and has it
-    decremented on exit. (Saving and restoring the three buffers instead
-    cost six operations per BatchNorm: ~18% of the operations of an
-    OverLoCK-T training step, on a GPU each a kernel launch.)"""
+    ``nn.BatchNorm*`` (no tensor operation): inside, ``momentum`` is 0 (the
+    update ``(1 - m) * running + m * batch`` keeps ``running`` exactly) and
+    the ``num_batches_tracked`` buffer is detached (``None``: the batch is
+    not counted); the forward still normalises with the batch statistics
+    and saves the same tensors for its backward, as the checkpoint
+    requires. ``nn.SyncBatchNorm`` (which always counts): momentum 0, and
+    the counter decremented on exit. Any other BatchNorm class: its three
+    buffers saved and restored (six operations, as before for all: ~18% of
+    the operations of an OverLoCK-T training step, on a GPU each a kernel
+    launch). Inside the block a ``state_dict`` lacks the detached counters.
+    """
 
     def __init__(self, modules: Sequence[nn.Module]):
-        self.bns = [m for mod in modules for m in mod.modules()
-                    if isinstance(m, _BatchNorm) and m.training
-                    and m.track_running_stats]
+        bns = [m for mod in modules for m in mod.modules()
+               if isinstance(m, _BatchNorm) and m.training
+               and m.track_running_stats]
+        self.bns = list({id(m): m for m in bns}.values())  # each once
 
     def __enter__(self):
         self.saved = []
         for m in self.bns:
-            counter = m.num_batches_tracked
-            detach = type(m).forward is _BatchNorm.forward
-            self.saved.append((m.momentum, counter, detach))
-            m.momentum = 0.
-            if detach:
+            if type(m).forward is _BatchNorm.forward:
+                how = 'detach'
+                state = (m.momentum, m.num_batches_tracked)
                 m.num_batches_tracked = None
+                m.momentum = 0.
+            elif isinstance(m, nn.SyncBatchNorm):
+                how, state = 'decrement', m.momentum
+                m.momentum = 0.
+            else:
+                how = 'restore'
+                state = [t.clone() for t in (m.running_mean, m.running_var,
+                                             m.num_batches_tracked)]
+            self.saved.append((how, state))
 
     def __exit__(self, *exc):
-        for m, (momentum, counter, detached) in zip(self.bns, self.saved):
-            m.momentum = momentum
-            if detached:
-                m.num_batches_tracked = counter
-            elif counter is not None:
+        for m, (how, state) in zip(self.bns, self.saved):
+            if how == 'detach':
+                m.momentum, m.num_batches_tracked = state
+            elif how == 'decrement':
+                m.momentum = state
                 with torch.no_grad():
-                    counter.sub_(1)
+                    m.num_batches_tracked.sub_(1)
+            else:
+                with torch.no_grad():
+                    for buf, value in zip((m.running_mean, m.running_var,
+                                           m.num_batches_tracked), state):
+                        buf.copy_(value)
         self.saved = None
 
 

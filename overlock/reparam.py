@@ -59,6 +59,11 @@ def with_identity(weight: torch.Tensor) -> torch.Tensor:
     """A depthwise kernel with 1 added to its centre tap: ``x + conv(x)`` as
     one convolution (one addition of a cached constant: on a GPU, where a
     training step is launch-bound, one kernel instead of three)."""
+    if exporting():  # a traced graph must follow the weight's dtype/device
+        k = weight.shape[-1]
+        delta = torch.zeros_like(weight)
+        delta[:, :, k // 2, k // 2] = 1
+        return weight + delta
     return weight + _centre_tap(tuple(weight.shape), weight.dtype,
                                 weight.device)
 

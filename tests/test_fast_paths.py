@@ -254,15 +254,44 @@ def test_tracing_uses_portable_ops():
             _assert_rel(a, b)
 
 
-class _CountingBN(torch.nn.BatchNorm2d):
-    """A BatchNorm class with its own forward (as SyncBatchNorm has): the
-    recomputation keeps its counter and decrements it afterwards."""
+def test_traced_shortcut_conv_follows_the_weights_dtype():
+    """A traced graph holds no cached constant of a fixed dtype / device
+    (the 3x3 shortcut's identity tap is built from the weight)."""
+    from overlock.layers import ResDWConv
+    torch.manual_seed(0)
+    m = ResDWConv(4).eval()
+    x = torch.randn(1, 4, 6, 7)
+    with torch.no_grad():
+        m(x)  # fills the eager cache first
+        traced = torch.jit.trace(m, x, check_trace=False)
+        traced.to(torch.bfloat16)
+        m.to(torch.bfloat16)
+        out = traced(x.bfloat16())
+        assert out.dtype == torch.bfloat16
+        torch.testing.assert_close(out, m(x.bfloat16()))
+
+
+class _OwnForwardBN(torch.nn.BatchNorm2d):
+    """A BatchNorm class with its own forward: its buffers are saved and
+    restored."""
 
     def forward(self, x):
         return super().forward(x)
 
 
-@pytest.mark.parametrize('cls', [torch.nn.BatchNorm2d, _CountingBN])
+class _SyncBN(torch.nn.SyncBatchNorm):
+    """SyncBatchNorm (which needs a GPU) with the plain forward: the
+    recomputation keeps its counter and decrements it afterwards."""
+
+    def forward(self, x):
+        return torch.nn.BatchNorm2d.forward(self, x)
+
+    def _check_input_dim(self, x):
+        pass
+
+
+@pytest.mark.parametrize('cls', [torch.nn.BatchNorm2d, _OwnForwardBN,
+                                 _SyncBN])
 @pytest.mark.parametrize('momentum', [0.1, None])
 def test_keep_running_stats_leaves_buffers_and_settings(cls, momentum):
     from overlock.recompute import KeepRunningStats
@@ -272,10 +301,12 @@ def test_keep_running_stats_leaves_buffers_and_settings(cls, momentum):
     before = {k: v.clone() for k, v in bn.state_dict().items()}
     counter = bn.num_batches_tracked
     x = torch.randn(2, 3, 4, 5, requires_grad=True)
-    with KeepRunningStats([bn]):
+    # listed twice (a module and its parent): handled once
+    with KeepRunningStats([torch.nn.Sequential(bn), bn]):
         out = bn(x)
     for k, v in bn.state_dict().items():
         assert torch.equal(v, before[k]), k
+    assert set(bn.state_dict()) == set(before)
     assert bn.momentum == momentum and bn.num_batches_tracked is counter
     # the same numbers as an ordinary training-mode forward
     torch.testing.assert_close(out, F.batch_norm(

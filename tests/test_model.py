@@ -182,13 +182,30 @@ def test_timm_registration():
     assert clf.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 5)
 
 
-@pytest.mark.parametrize('reference', [False, True])
-def test_train_after_inference_mode_eval_at_the_same_size(reference):
-    """Cached index tensors built under torch.inference_mode used to be
-    saved for the backward of a later training step at the same map size:
-    'Inference tensors cannot be saved for backward'."""
+def test_cached_constants_are_not_inference_tensors():
+    """Constants cached by size (bias index, one-hot maps, identity tap)
+    are normal tensors even when first built under torch.inference_mode,
+    so a later backward may save them."""
+    from overlock import reparam
+    from overlock.ops import contmix
+    cpu = torch.device('cpu')
+    for fn in (contmix.bias_index, contmix._bias_one_hot,
+               reparam._centre_tap):
+        fn.cache_clear()
+    with torch.inference_mode():
+        made = [contmix.bias_index(7, 8, 5, cpu),
+                contmix._bias_one_hot(7, 5, cpu),
+                reparam._centre_tap((4, 1, 3, 3), torch.float32, cpu)]
+    assert not any(t.is_inference() for t in made)
+
+
+def test_train_after_inference_mode_eval_at_the_same_size():
+    """Reference mode (the gather saves its index for the backward): a
+    training step after an inference_mode evaluation at the same map size
+    failed with 'Inference tensors cannot be saved for backward'."""
     import overlock
     from overlock.ops import contmix
+    reference = True
     contmix.bias_index.cache_clear()
     torch.manual_seed(0)
     model = OverLoCK(TINY_ARCH).eval()
