@@ -17,7 +17,8 @@ from torch import nn
 
 from .layers import (BNConv, ConvBN, ConvBNAct, Fusion, GRNMlp,
                      LargeKernelBN, LayerScale, RepConvProj)
-from .ops.contmix import aggregate_window_major, at_contmix_size, bias_index
+from .ops.contmix import (aggregate_window_major, at_contmix_size,
+                          neighborhood_bias)
 from .ops.cpu import conv_act, layout_of
 from .reparam import cached, fold_bn_before, fuse_conv_bn, use_folded
 
@@ -130,11 +131,8 @@ def _attn_bias(block, p: dict, height: int, width: int) -> torch.Tensor:
     H * W)``, cached per map size."""
     bias = p['attn_bias'].get((height, width))
     if bias is None:
-        dev = block.rpb1.device
-        b1 = block.rpb1.flatten(1)[:, bias_index(height, width,
-                                                 block.smk_size, dev)]
-        b2 = block.rpb2.flatten(1)[:, bias_index(height, width,
-                                                 block.kernel_size, dev)]
+        b1 = neighborhood_bias(block.rpb1, height, width, block.smk_size)
+        b2 = neighborhood_bias(block.rpb2, height, width, block.kernel_size)
         bias = torch.cat([b1, b2], -1) + block.weight_proj.bias
         bias = bias.transpose(1, 2).contiguous()
         if len(p['attn_bias']) >= 16:

@@ -46,24 +46,28 @@ def fold_bn_before(conv: nn.Conv2d,
     return w * scale.view(1, -1, 1, 1), bias + w.flatten(1) @ shift
 
 
+def _identity_tap(weight: torch.Tensor) -> torch.Tensor:
+    """Zeros shaped like a depthwise kernel, 1 in the centre tap."""
+    delta = torch.zeros_like(weight)
+    delta[:, :, weight.shape[-2] // 2, weight.shape[-1] // 2] = 1
+    return delta
+
+
 @functools.lru_cache(maxsize=32)
 def _centre_tap(shape: Tuple[int, ...], dtype: torch.dtype,
                 device: torch.device) -> torch.Tensor:
     with outside_inference_mode():
-        delta = torch.zeros(shape, dtype=dtype, device=device)
-        delta[:, :, shape[-2] // 2, shape[-1] // 2] = 1
-    return delta
+        return _identity_tap(torch.empty(shape, dtype=dtype, device=device))
 
 
 def with_identity(weight: torch.Tensor) -> torch.Tensor:
     """A depthwise kernel with 1 added to its centre tap: ``x + conv(x)`` as
     one convolution (one addition of a cached constant: on a GPU, where a
-    training step is launch-bound, one kernel instead of three)."""
-    if exporting():  # a traced graph must follow the weight's dtype/device
-        k = weight.shape[-1]
-        delta = torch.zeros_like(weight)
-        delta[:, :, k // 2, k // 2] = 1
-        return weight + delta
+    training step is launch-bound, one kernel instead of three; while
+    tracing, built from the weight, so that the graph follows its dtype and
+    device)."""
+    if exporting():
+        return weight + _identity_tap(weight)
     return weight + _centre_tap(tuple(weight.shape), weight.dtype,
                                 weight.device)
 

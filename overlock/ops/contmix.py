@@ -122,6 +122,11 @@ def _bias_one_hot(length: int, kernel_size: int,
         return F.one_hot(rows.flatten(), 2 * kernel_size - 1).float()
 
 
+def _gather_bias(table, height, width, kernel_size):
+    return table.flatten(1)[:, bias_index(height, width, kernel_size,
+                                          table.device)]
+
+
 class _NeighborhoodBias(torch.autograd.Function):
     """The table gather, whose gradient is two small matrix products
     instead of the scatter-add autograd runs for an index (on CUDA a sort:
@@ -131,8 +136,7 @@ class _NeighborhoodBias(torch.autograd.Function):
     @staticmethod
     def forward(ctx, table, height, width, kernel_size):
         ctx.conf = (height, width, kernel_size)
-        return table.flatten(1)[:, bias_index(height, width, kernel_size,
-                                              table.device)]
+        return _gather_bias(table, height, width, kernel_size)
 
     @staticmethod
     def backward(ctx, grad):
@@ -157,8 +161,7 @@ def neighborhood_bias(table: torch.Tensor, height: int, width: int,
     if settings.reference or not (torch.is_grad_enabled() and
                                   table.requires_grad) or \
             torch.jit.is_tracing() or torch.jit.is_scripting():
-        return table.flatten(1)[:, bias_index(height, width, kernel_size,
-                                              table.device)]
+        return _gather_bias(table, height, width, kernel_size)
     return _NeighborhoodBias.apply(table, height, width, kernel_size)
 
 
