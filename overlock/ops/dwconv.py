@@ -315,26 +315,26 @@ def depthwise_conv2d(x: torch.Tensor,
         large_kernel (bool): An undilated "same" large kernel: may use
             ``depthwise_conv2d_implicit_gemm`` on CUDA. Defaults to False.
     """
-    if x.is_cuda or settings.kernels == 'triton':
-        # NCHW: cuDNN's channels-last depthwise kernels are ~9x slower, the
-        # Triton kernels and iGEMM take NCHW only
+    # on CUDA and for the Triton kernels NCHW: cuDNN's channels-last
+    # depthwise kernels are ~9x slower, the Triton kernels and iGEMM take
+    # NCHW only
+    if x.is_cuda and settings.kernels != 'triton':
         x = x.contiguous()
-        if x.is_cuda and settings.kernels != 'triton':
-            if large_kernel:
-                out = _igemm_conv(*_autocast(x, weight, bias))
-                if out is not None:
-                    return out
-            # autocast casts (and caches the parameters' casts) itself
-            return F.conv2d(x, weight, bias, 1, padding, dilation,
-                            weight.shape[0])
-        x, weight, bias = _autocast(x, weight, bias)
+        if large_kernel:
+            out = _igemm_conv(*_autocast(x, weight, bias))
+            if out is not None:
+                return out
+        # autocast casts (and caches the parameters' casts) itself
+        return F.conv2d(x, weight, bias, 1, padding, dilation,
+                        weight.shape[0])
+    x, weight, bias = _autocast(x, weight, bias)
+    if settings.kernels == 'triton':
+        x = x.contiguous()
         if _op_applies(x, weight, padding, dilation):
             return _conv_op(x, weight, bias, padding, dilation)
         if x.is_cuda:
             return F.conv2d(x, weight, bias, 1, padding, dilation,
                             weight.shape[0])
-    else:
-        x, weight, bias = _autocast(x, weight, bias)
     # under torch.compile: aten's convolution (traceable, and inductor
     # knows it); the timed plans above are Python dynamo would break on
     if settings.cpu_conv == 'aten' or settings.reference or \
