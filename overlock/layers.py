@@ -24,11 +24,12 @@ except ImportError:  # pragma: no cover
     from timm.models.layers import DropPath
 
 __all__ = [
-    'LayerNorm2d', 'LayerScale', 'GRN', 'SEModule', 'ResDWConv', 'DWConv2d',
+    'LayerNorm2d', 'layer_norm_2d', 'LayerScale', 'GRN', 'SEModule',
+    'ResDWConv', 'DWConv2d',
     'LargeKernelDWConv2d', 'DilatedReparamBlock', 'DILATED_BRANCHES',
     'DropPath', 'OUT_NORMS', 'make_out_norm', 'conv_bn', 'make_stem',
     'GRNMlp', 'RepConvProj', 'Fusion', 'ConvBN', 'BNConv', 'ConvBNAct',
-    'LargeKernelBN', 'chain'
+    'LargeKernelBN', 'chain', 'autocast_input'
 ]
 
 #: ``kernel size -> ((branch kernel, dilation), ...)`` of the dilated
@@ -52,6 +53,18 @@ def chain(modules, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def autocast_input(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in autocast's dtype when autocast is on for its device and
+    ``x`` is float32 (a norm's output), else ``x``: one cast where each of
+    the convolutions reading ``x`` would cast it again, and one cast of its
+    gradient back in the backward instead of one per convolution (on a
+    GPU each a kernel launch over the whole map)."""
+    device = x.device.type
+    if x.dtype == torch.float32 and torch.is_autocast_enabled(device):
+        return x.to(torch.get_autocast_dtype(device))
+    return x
+
+
 # --------------------------------------------------------------------------
 # Small layers
 # --------------------------------------------------------------------------
@@ -69,10 +82,15 @@ class LayerNorm2d(nn.LayerNorm):
         super().__init__(dim, eps=eps)
 
     def forward(self, x):
-        out = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape,
-                           self.weight, self.bias, self.eps)
-        out = out.permute(0, 3, 1, 2)
-        return out if x.device.type == 'cpu' else out.contiguous()
+        return layer_norm_2d(x, self.weight, self.bias, self.eps)
+
+
+def layer_norm_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                  eps: float) -> torch.Tensor:
+    """:class:`LayerNorm2d`'s forward with the given parameters."""
+    out = F.layer_norm(x.permute(0, 2, 3, 1), weight.shape, weight, bias, eps)
+    out = out.permute(0, 3, 1, 2)
+    return out if x.device.type == 'cpu' else out.contiguous()
 
 
 #: kinds of the backbone's output norms (``OverLoCK(out_norm=...)``)
@@ -265,6 +283,7 @@ class DilatedReparamBlock(nn.Module):
             return self.lk_origin(x)
         if use_folded(self):
             return self.lk_origin.conv(x, *cached(self, self._merge))
+        x = autocast_input(x)  # read by every branch
         out = self.origin_bn(self.lk_origin(x))
         for _, conv, bn in self._branch_layers():
             out = out + bn(conv(x))

@@ -66,8 +66,8 @@ def test_grn_norms_in_float32(dtype):
 
 
 def test_bf16_autocast_eval_close_to_fp32():
-    """Inference under autocast leaves the fused float32 CPU path (its oneDNN
-    calls would meet autocast's bf16 tensors) and stays close to it."""
+    """Inference under autocast runs the fused path's generic flavour (in
+    bfloat16, on folded weights cast once) and stays close to float32."""
     torch.manual_seed(0)
     model = OverLoCK(TINY_ARCH, fuse_overview=True).eval()
     x = torch.randn(1, 3, 64, 64)
@@ -78,3 +78,39 @@ def test_bf16_autocast_eval_close_to_fp32():
     for o, r in zip(outs, ref):
         assert torch.isfinite(o).all()
         assert _rel(o.float(), r) < OUT_TOL
+
+
+def test_norm_output_cast_once_for_all_branches():
+    """Under autocast a float32 input (a norm's output: float32 under CUDA
+    autocast) is cast once for the dilated re-param block's eight
+    convolutions, not once per convolution, and its gradient cast back
+    once."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from overlock.layers import DilatedReparamBlock
+
+    class MapCasts(TorchDispatchMode):
+        """Casts of (2, 8, H, W) tensors: activations and their gradients
+        (the parameters have other shapes)."""
+
+        def __init__(self):
+            super().__init__()
+            self.n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket is torch.ops.aten._to_copy and \
+                    tuple(args[0].shape[:2]) == (2, 8):
+                self.n += 1
+            return func(*args, **(kwargs or {}))
+
+    block = DilatedReparamBlock(8, 13).train()
+    x = torch.randn(2, 8, 20, 20, requires_grad=True)
+    with MapCasts() as casts:
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            out = block(x)
+        out.float().sum().backward()
+    assert out.dtype == torch.bfloat16
+    # x and its gradient back; out.float() and its gradient
+    assert casts.n == 4
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        ref = block(x.detach().to(torch.bfloat16))
+    torch.testing.assert_close(out, ref)

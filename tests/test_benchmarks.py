@@ -69,3 +69,22 @@ def test_detector_benchmark_finds_mmdet_configs():
         'mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py')
     with pytest.raises(SystemExit, match='no such config'):
         benchmark_detector.resolve('mmdet::swin/none.py')
+
+
+def test_count_ops_tool(tmp_path):
+    """The launch-count proxy: ours and a peer, eval and train, the CUDA
+    path emulated on CPU; the fused eval path under autocast counts fewer
+    casts than it has convolutions."""
+    out = tmp_path / 'ops.json'
+    text = _run([os.path.join(TOOLS, 'count_ops.py'), '--arch', 'xt',
+                 '--size', '64', '64', '--batch', '2', '--dtype', 'fp32',
+                 'bf16', '--cuda-path', '--top', '3', '--json', str(out)])
+    rows = json.loads(out.read_text())
+    assert [(r['mode'], r['dtype']) for r in rows] == [
+        ('eval', 'fp32'), ('eval', 'bf16'), ('train', 'fp32'),
+        ('train', 'bf16')]
+    assert all(r['ops'] == sum(r['by_op'].values()) > 0 for r in rows)
+    ev_bf16 = rows[1]['by_op']
+    assert ev_bf16['aten._to_copy'] < ev_bf16['aten.convolution'] / 3
+    assert rows[2]['by_op']['aten.convolution_backward'] > 0
+    assert 'the CUDA path' in text and 'ours, train bf16:' in text

@@ -109,6 +109,103 @@ def test_fused_inference_classifier(plain_then_fused):
 
 
 # ----------------------------------------------------------------- ops
+@pytest.fixture
+def generic_flavour(monkeypatch):
+    """The fused path's generic flavour (CUDA's: NCHW, plain convolutions,
+    the ContMix aggregation op) on CPU float32."""
+    from overlock import fused
+    monkeypatch.setattr(fused, 'native_cpu', lambda x: False)
+
+
+@pytest.mark.parametrize('fuse_overview', [True, False])
+@pytest.mark.parametrize('batch,size', [(1, (64, 64)), (2, (45, 71)),
+                                        (1, (9, 13))])
+def test_generic_fused_inference_equals_plain_path(generic_flavour,
+                                                   plain_then_fused,
+                                                   fuse_overview, batch,
+                                                   size):
+    model = _tiny(seed=5, fuse_overview=fuse_overview)
+    x = torch.randn(batch, 3, *size)
+    with torch.no_grad():
+        plain, fused = plain_then_fused(lambda: model(x))
+    assert '_fused_cache' in model.sub_blocks3[0].__dict__
+    for a, b in zip(fused, plain):
+        assert a.shape == b.shape
+        _assert_rel(a, b)
+
+
+def test_generic_fused_inference_classifier(generic_flavour,
+                                            plain_then_fused):
+    model = randomize_(OverLoCK(TINY_ARCH, num_classes=5), seed=2).eval()
+    x = torch.randn(2, 3, 40, 48)
+    with torch.no_grad():
+        plain, fused = plain_then_fused(lambda: model(x))
+    _assert_rel(fused, plain)
+
+
+class _CountOps:
+    """Dispatched operations by name (a TorchDispatchMode)."""
+
+    def __enter__(self):
+        from collections import Counter
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(mode, func, types, args=(), kwargs=None):
+                self.ops[str(func.overloadpacket)] += 1
+                return func(*args, **(kwargs or {}))
+
+        self.ops = Counter()
+        self.mode = Mode()
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.mode.__exit__(*exc)
+
+
+def test_fused_inference_under_autocast_casts_weights_once():
+    """Under autocast the blocks run in its dtype on folded weights cast
+    once and cached per dtype: the plain path casts every weight on every
+    call (each cast a kernel launch on a GPU). Same numbers as the plain
+    path under autocast, to bfloat16 rounding."""
+    model = _tiny(seed=6)
+    x = torch.randn(2, 3, 48, 56)
+
+    def run():
+        with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+            model(x)  # builds the caches
+            with _CountOps() as count:
+                outs = model(x)
+        return outs, count.ops
+
+    with torch.no_grad():
+        ref = model(x)
+    with overlock.options(fast_inference=False):
+        plain, plain_ops = run()
+    fused, fused_ops = run()
+    cache = model.sub_blocks3[0].__dict__['_fused_cache'][1]
+    assert torch.bfloat16 in cache and None in cache
+    assert cache[torch.bfloat16]['q_w'].dtype == torch.bfloat16
+    assert cache[torch.bfloat16]['proj_w'].dtype == torch.float32
+    casts, plain_casts = fused_ops['aten._to_copy'], plain_ops['aten._to_copy']
+    assert plain_casts > 5 * casts, (plain_casts, casts)
+    assert sum(fused_ops.values()) < 0.7 * sum(plain_ops.values())
+    assert fused_ops['aten.native_batch_norm'] < \
+        plain_ops['aten.native_batch_norm'] / 5
+    for f, p, r in zip(fused, plain, ref):
+        assert torch.isfinite(f).all()
+        # the bfloat16 error of either path against float32, and each other
+        err = ((f.float() - r).norm() / r.norm()).item()
+        assert err < 0.03
+        assert ((f.float() - p.float()).norm() / r.norm()).item() < 0.03
+    # float32 afterwards: the float32 entry, not the bfloat16 one
+    with torch.no_grad():
+        for a, b in zip(model(x), ref):
+            assert a.dtype == torch.float32
+            _assert_rel(a, b)
+
+
 @pytest.mark.parametrize('act,ref', [('none', lambda y: y), ('gelu', F.gelu),
                                      ('swish', F.silu),
                                      ('sigmoid', torch.sigmoid)])
@@ -345,3 +442,119 @@ def test_recomputation_copies_no_buffers():
     # the recomputed BatchNorms run again, and nothing else is added for them
     assert selective['aten.native_batch_norm'] > \
         plain['aten.native_batch_norm']
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+@pytest.mark.parametrize('dtype', [None, torch.float16, torch.bfloat16])
+def test_fused_inference_on_cuda(plain_then_fused, dtype):
+    """On CUDA eval runs the generic fused flavour (float32, or autocast's
+    dtype on cached cast weights) with the numbers of the plain path."""
+    model = _tiny(seed=7).cuda()
+    x = torch.randn(2, 3, 64, 80, device='cuda')
+
+    def run():
+        with torch.autocast('cuda', dtype=dtype or torch.float32,
+                            enabled=dtype is not None):
+            return model(x)
+
+    with torch.no_grad():
+        plain, fused = plain_then_fused(run)
+        ref = model(x)
+    assert '_fused_cache' in model.sub_blocks3[0].__dict__
+    for f, p, r in zip(fused, plain, ref):
+        if dtype is None:
+            _assert_rel(f, p)
+        else:  # half precision: both paths against float32
+            assert ((f.float() - r).norm() / r.norm()).item() < 0.03
+            assert ((p.float() - r).norm() / r.norm()).item() < 0.03
+
+
+def test_training_forward_counts_batches_with_one_operation(monkeypatch):
+    """A training forward increments every BatchNorm's num_batches_tracked
+    once, with one foreach operation instead of one add per BatchNorm; the
+    state equals PyTorch's own bookkeeping."""
+    from overlock import model as model_module
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    model = _tiny(seed=8).train()
+    model.blocks1[0].proj[2].momentum = None  # cumulative: counts itself
+    ref = copy.deepcopy(model)
+    x = torch.randn(2, 3, 40, 44)
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket in (torch.ops.aten.add_,
+                                       torch.ops.aten._foreach_add_):
+                first = args[0][0] if isinstance(args[0], (list, tuple)) \
+                    else args[0]
+                if first.dtype == torch.long:
+                    self.ops.append(str(func.overloadpacket))
+            return func(*args, **(kwargs or {}))
+
+    for _ in range(2):
+        with Ops() as ops:
+            sum(o.sum() for o in model(x)).backward()
+    assert ops.ops.count('aten._foreach_add_') == 1
+    assert ops.ops.count('aten.add_') == 1  # the momentum=None BatchNorm
+
+    class PerBatchNorm:  # PyTorch's own counting
+        def __init__(self, module):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+    monkeypatch.setattr(model_module, 'CountBatchesOnce', PerBatchNorm)
+    for _ in range(2):
+        sum(o.sum() for o in ref(x)).backward()
+    got, want = model.state_dict(), ref.state_dict()
+    assert set(got) == set(want)
+    counters = [k for k in want if k.endswith('num_batches_tracked')]
+    assert counters and all(want[k].item() == 2 for k in counters)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-6, atol=1e-7,
+                                   msg=k)
+
+
+def test_failed_training_forward_counts_nothing():
+    model = _tiny(seed=9).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def fail(*args):
+        raise RuntimeError('stop')
+
+    model.sub_blocks3[0].register_forward_pre_hook(fail)
+    with pytest.raises(RuntimeError, match='stop'):
+        model(torch.randn(2, 3, 32, 32))
+    after = model.state_dict()
+    assert set(after) == set(before)
+    for k, v in before.items():
+        if k.endswith('num_batches_tracked'):
+            assert torch.equal(after[k], v), k
+
+
+def test_count_batches_once_leaves_other_batchnorm_classes():
+    from overlock.recompute import CountBatchesOnce
+
+    class OwnForward(torch.nn.BatchNorm2d):
+        def forward(self, x):
+            return super().forward(x)
+
+    net = torch.nn.Sequential(torch.nn.BatchNorm2d(3), OwnForward(3))
+    net.train()
+    with CountBatchesOnce(net):
+        assert net[0].num_batches_tracked is None
+        assert net[1].num_batches_tracked is not None
+        net(torch.randn(2, 3, 4, 4))
+    assert net[0].num_batches_tracked.item() == 1
+    assert net[1].num_batches_tracked.item() == 1
+    net.eval()
+    with CountBatchesOnce(net):
+        assert net[0].num_batches_tracked is not None

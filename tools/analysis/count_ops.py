@@ -1,0 +1,168 @@
+#!/usr/bin/env python
+"""Operations of one backbone training step or eval forward: ours against
+the timm peers, counted with a ``TorchDispatchMode`` (views and bare
+allocations excluded). On a GPU each operation is a kernel launch, and our
+step there is launch-bound (see the README, "On GPUs"), so the count is
+the device-free measure of that overhead:
+
+    python tools/analysis/count_ops.py --arch t --size 256 256 --peers
+    python tools/analysis/count_ops.py --cuda-path --dtype fp32 bf16 --top 15
+
+``--cuda-path`` (CPU) counts the path CUDA takes instead of the CPU's:
+ATen depthwise convolutions, no CPU fused inference flavour (the generic
+one CUDA runs), NCHW. Casts under CPU autocast follow CPU autocast's op
+lists, which differ a little from CUDA's. Each implementation runs one
+step first (caches built), then the counted one.
+"""
+import argparse
+import collections
+import contextlib
+import json
+import os
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(
+    osp.abspath(__file__)))))
+
+from benchmark import DTYPES, PEERS, build  # noqa: E402
+
+#: operations that launch nothing (besides views)
+NO_KERNEL = ('aten.empty', 'aten.empty_strided', 'aten.empty_like',
+             'aten.new_empty', 'aten.lift_fresh', 'aten.split',
+             'aten.split_with_sizes', 'aten.unbind')
+
+
+def _counter():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = collections.Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = str(func.overloadpacket)
+            if not func.is_view and name not in NO_KERNEL:
+                self.ops[name] += 1
+            return func(*args, **(kwargs or {}))
+
+    return Count()
+
+
+@contextlib.contextmanager
+def cuda_path(enabled: bool):
+    """On CPU, the dispatch CUDA takes (see the module docstring)."""
+    if not enabled:
+        yield
+        return
+    import overlock
+    from overlock import fused
+    native = fused.native_cpu
+    fused.native_cpu = lambda x: False
+    try:
+        with overlock.options(cpu_conv='aten', kernels='torch'):
+            yield
+    finally:
+        fused.native_cpu = native
+
+
+def count(impl, arch, flavour, mode, size, batch, dtype='fp32',
+          emulate_cuda=False, device='cpu'):
+    """``Counter`` of the operations of one step (after one uncounted)."""
+    import torch
+    torch.manual_seed(0)
+    model = build(impl, arch, flavour, device, size)
+    model.train(mode == 'train')
+    x = torch.randn(batch, 3, *size, device=device)
+    amp = DTYPES[dtype]
+
+    def step():
+        with torch.autocast(device.split(':')[0],
+                            dtype=getattr(torch, amp or 'float32'),
+                            enabled=amp is not None):
+            if mode == 'eval':
+                with torch.no_grad():
+                    return model(x)
+            loss = sum(o.float().mean() for o in model(x))
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    with cuda_path(emulate_cuda and impl not in PEERS):
+        step()
+        with _counter() as counter:
+            step()
+    return counter.ops
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--arch', default='t')
+    p.add_argument('--flavour', default='detection',
+                   choices=['detection', 'segmentation'])
+    p.add_argument('--size', type=int, nargs=2, default=(256, 256),
+                   metavar=('H', 'W'))
+    p.add_argument('--batch', type=int, default=2,
+                   help='training batch (eval runs batch 1)')
+    p.add_argument('--mode', choices=['eval', 'train', 'both'],
+                   default='both')
+    p.add_argument('--dtype', nargs='+', choices=list(DTYPES),
+                   default=['fp32', 'bf16'],
+                   help='fp32, or autocast to fp16 / bf16')
+    p.add_argument('--peers', action='store_true',
+                   help='also count ' + ', '.join(PEERS))
+    p.add_argument('--cuda-path', action='store_true',
+                   help='CPU: count the path CUDA takes')
+    p.add_argument('--device', default='cpu')
+    p.add_argument('--top', type=int, default=0,
+                   help="print our TOP operations of each row's step")
+    p.add_argument('--json', help='also write the counts here')
+    args = p.parse_args(argv)
+    if args.cuda_path and args.device != 'cpu':
+        p.error('--cuda-path emulates CUDA on CPU: use --device cpu')
+
+    impls = ['ours'] + (list(PEERS) if args.peers else [])
+    modes = ['eval', 'train'] if args.mode == 'both' else [args.mode]
+    rows = []
+    for mode in modes:
+        for dtype in args.dtype:
+            for impl in impls:
+                ops = count(impl, args.arch, args.flavour, mode,
+                            tuple(args.size),
+                            args.batch if mode == 'train' else 1, dtype,
+                            args.cuda_path, args.device)
+                rows.append(dict(impl=impl, mode=mode, dtype=dtype,
+                                 ops=sum(ops.values()), by_op=dict(ops)))
+                print(f'# {mode} {dtype} {impl}: {rows[-1]["ops"]} ops',
+                      file=sys.stderr, flush=True)
+    print(f'OverLoCK-{args.arch.upper()} {args.flavour}, '
+          f'{args.size[0]}x{args.size[1]}, train batch {args.batch}, eval '
+          f'batch 1, {args.device}' +
+          (', the CUDA path' if args.cuda_path else ''))
+    print(f'{"mode":<6}{"dtype":<6}{"impl":<12}{"ops":>8}{"ratio":>9}')
+    for mode in modes:
+        for dtype in args.dtype:
+            group = [r for r in rows
+                     if r['mode'] == mode and r['dtype'] == dtype]
+            for r in group:
+                ratio = group[0]['ops'] / r['ops']
+                print(f'{mode:<6}{dtype:<6}{r["impl"]:<12}{r["ops"]:>8}'
+                      f'{ratio:>8.1f}x')
+    if args.top:
+        for r in rows:
+            if r['impl'] == 'ours':
+                print(f'\nours, {r["mode"]} {r["dtype"]}:')
+                ops = collections.Counter(r['by_op'])
+                for name, n in ops.most_common(args.top):
+                    print(f'{n:>8}  {name}')
+    if args.json:
+        os.makedirs(osp.dirname(osp.abspath(args.json)), exist_ok=True)
+        with open(args.json, 'w') as f:
+            json.dump(rows, f, indent=2)
+
+
+if __name__ == '__main__':
+    main()
