@@ -32,8 +32,8 @@ setup(
     # mmcv 2.1.0 (built with ops), mmdet 3.3.0, mmsegmentation 1.2.2,
     # mmpretrain 1.2.0.
     install_requires=[
-        'torch>=2.1,<2.14',
-        'torchvision>=0.16',
+        'torch>=2.4,<2.14',  # torch.get_autocast_dtype(device)
+        'torchvision>=0.19',
         'timm>=0.9.12,<2',
     ],
     extras_require={

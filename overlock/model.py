@@ -34,7 +34,6 @@ from .archs import ARCH_DEFAULTS, ARCH_SETTINGS, resolve_arch
 from .blocks import DynamicConvBlock, RepConvBlock
 from .layers import (GRN, DilatedReparamBlock, LayerScale,
                      chain, OUT_NORMS, conv_bn, make_out_norm, make_stem)
-from .recompute import CountBatchesOnce
 
 __all__ = ['OverLoCK', 'ARCH_SETTINGS', 'ARCH_DEFAULTS', 'RepConvBlock',
            'DynamicConvBlock']
@@ -369,12 +368,6 @@ class OverLoCK(nn.Module):
         training mode with ``use_ds`` a tuple ``(logits, aux_logits)``.
         """
         self._check_input(x)
-        if self.training:  # one counter update for all BatchNorms
-            with CountBatchesOnce(self):
-                return self._forward(x)
-        return self._forward(x)
-
-    def _forward(self, x: torch.Tensor):
         fmt = None
         if fused.enabled(self, x) and fused.native_cpu(x):
             x, fmt = fused.to_channels_last(x)

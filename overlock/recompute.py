@@ -24,7 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .layers import chain
 
-__all__ = ['KeepRunningStats', 'CountBatchesOnce', 'recompute', 'Recompute']
+__all__ = ['KeepRunningStats', 'recompute', 'Recompute']
 
 
 class KeepRunningStats:
@@ -81,44 +81,6 @@ class KeepRunningStats:
                                            m.num_batches_tracked), state):
                         buf.copy_(value)
         self.saved = None
-
-
-class CountBatchesOnce:
-    """Counts a training forward in the BatchNorms' ``num_batches_tracked``
-    with one operation for all of them, on exit, instead of one per
-    BatchNorm as each forward does (an OverLoCK-T forward has 325 training
-    BatchNorms: on a GPU, 325 kernel launches of one integer each).
-
-    Inside, the counters of ``nn.BatchNorm*`` layers in training mode with
-    a ``momentum`` are detached (``None``; the update needs only the
-    momentum); on exit they are put back and incremented together
-    (``torch._foreach_add_``). Other BatchNorm classes (``SyncBatchNorm``),
-    a ``momentum`` of ``None`` (cumulative average: the counter is the
-    update's factor) and traced code are left to count themselves. If the
-    forward raises, nothing is counted. Inside, a ``state_dict`` lacks the
-    detached counters.
-    """
-
-    def __init__(self, module: nn.Module):
-        self.bns = [] if _compiling() else [
-            m for m in module.modules()
-            if type(m).forward is _BatchNorm.forward and m.training
-            and m.track_running_stats and m.momentum is not None
-            and m.num_batches_tracked is not None]
-
-    def __enter__(self):
-        self.counters = [m.num_batches_tracked for m in self.bns]
-        for m in self.bns:
-            m.num_batches_tracked = None
-        return self
-
-    def __exit__(self, exc_type, *exc):
-        for m, counter in zip(self.bns, self.counters):
-            m.num_batches_tracked = counter
-        if exc_type is None and self.counters:
-            with torch.no_grad():
-                torch._foreach_add_(self.counters, 1)
-        self.counters = None
 
 
 def _compiling() -> bool:
