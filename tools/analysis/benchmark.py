@@ -67,6 +67,27 @@ MALLOC_SETTINGS = {'MALLOC_MMAP_MAX_': '0',
                    'MALLOC_TRIM_THRESHOLD_': str(64 << 30)}
 
 
+def add_model_arguments(p: argparse.ArgumentParser, size=(512, 512),
+                        batch=1, batch_help=None) -> None:
+    """``--arch``, ``--flavour``, ``--size`` and ``--batch`` (this tool's and
+    ``count_ops.py``'s)."""
+    p.add_argument('--arch', default='t')
+    p.add_argument('--flavour', default='detection',
+                   choices=['detection', 'segmentation'])
+    p.add_argument('--size', type=int, nargs=2, default=size,
+                   metavar=('H', 'W'))
+    p.add_argument('--batch', type=int, default=batch, help=batch_help)
+
+
+def autocast(device: str, dtype: str):
+    """``torch.autocast`` for a ``--dtype`` (disabled for fp32)."""
+    import torch
+    amp = DTYPES[dtype]
+    return torch.autocast(device.split(':')[0],
+                          dtype=getattr(torch, amp or 'float32'),
+                          enabled=amp is not None)
+
+
 def _rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.
 
@@ -136,18 +157,12 @@ def measure(impl, arch, flavour, mode, size, batch, device, repeats, warmup,
     if impl == 'channels_last':
         x = x.contiguous(memory_format=torch.channels_last)
     cuda = device.startswith('cuda')
-    amp = DTYPES[dtype]
-
-    def autocast():
-        return torch.autocast(device.split(':')[0],
-                              dtype=getattr(torch, amp or 'float32'),
-                              enabled=amp is not None)
 
     if mode == 'eval':
         model.eval()
 
         def step():
-            with torch.inference_mode(), autocast():
+            with torch.inference_mode(), autocast(device, dtype):
                 return model(x)
     else:
         if impl.endswith('deploy'):
@@ -156,7 +171,7 @@ def measure(impl, arch, flavour, mode, size, batch, device, repeats, warmup,
         xg = x.requires_grad_(False)
 
         def step():
-            with autocast():
+            with autocast(device, dtype):
                 outs = model(xg)
                 loss = sum(o.float().mean() for o in outs)
             loss.backward()
@@ -273,12 +288,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--arch', default='t')
-    p.add_argument('--flavour', default='detection',
-                   choices=['detection', 'segmentation'])
-    p.add_argument('--size', type=int, nargs=2, default=(512, 512),
-                   metavar=('H', 'W'))
-    p.add_argument('--batch', type=int, default=1)
+    add_model_arguments(p)
     p.add_argument('--device', default='cpu')
     p.add_argument('--mode', choices=['eval', 'train', 'both'], default='eval')
     p.add_argument('--compare', nargs='+', type=_impl, default=['ours'],

@@ -26,7 +26,8 @@ sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(
     osp.abspath(__file__)))))
 
-from benchmark import DTYPES, PEERS, build  # noqa: E402
+from benchmark import (DTYPES, PEERS, add_model_arguments,  # noqa: E402
+                       autocast, build)
 
 #: operations that launch nothing (besides views)
 NO_KERNEL = ('aten.empty', 'aten.empty_strided', 'aten.empty_like',
@@ -76,12 +77,9 @@ def count(impl, arch, flavour, mode, size, batch, dtype='fp32',
     model = build(impl, arch, flavour, device, size)
     model.train(mode == 'train')
     x = torch.randn(batch, 3, *size, device=device)
-    amp = DTYPES[dtype]
 
     def step():
-        with torch.autocast(device.split(':')[0],
-                            dtype=getattr(torch, amp or 'float32'),
-                            enabled=amp is not None):
+        with autocast(device, dtype):
             if mode == 'eval':
                 with torch.no_grad():
                     return model(x)
@@ -100,13 +98,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--arch', default='t')
-    p.add_argument('--flavour', default='detection',
-                   choices=['detection', 'segmentation'])
-    p.add_argument('--size', type=int, nargs=2, default=(256, 256),
-                   metavar=('H', 'W'))
-    p.add_argument('--batch', type=int, default=2,
-                   help='training batch (eval runs batch 1)')
+    add_model_arguments(p, size=(256, 256), batch=2,
+                        batch_help='training batch (eval runs batch 1)')
     p.add_argument('--mode', choices=['eval', 'train', 'both'],
                    default='both')
     p.add_argument('--dtype', nargs='+', choices=list(DTYPES),
