@@ -14,8 +14,10 @@ from . import fused
 from .layers import (BNConv, ConvBN, ConvBNAct, DropPath, Fusion, GRNMlp,
                      LargeKernelBN, LayerNorm2d, LayerScale, RepConvProj,
                      ResDWConv, SEModule, autocast_input)
+from .config import settings
 from .ops.contmix import (at_contmix_size, contmix_aggregate,
-                          neighborhood_bias)
+                          neighborhood_bias, uses_natten)
+from .ops.contmix_weights import softmax_aggregate
 from .recompute import Recompute
 
 __all__ = ['RepConvBlock', 'DynamicConvBlock']
@@ -160,9 +162,18 @@ class DynamicConvBlock(Recompute, nn.Module):
         query, key = torch.split(x_f, [self.dim, self.ctx_dim], dim=1)
         query = self.weight_query(query) * self.scale
         key = self.weight_key(key)
+        proj_w = self.weight_proj.weight.view(-1, 49)
+        if self._recompute_weights(x):
+            # the weights are recomputed in the backward, not kept
+            values = self._values(x)
+            with _float32_logits(x) as fp32:
+                q, kw = self._query_key(fp32(query), fp32(key), proj_w)
+            return self._merge(*softmax_aggregate(
+                q, kw, self.weight_proj.bias, self.rpb1, self.rpb2,
+                values[0].contiguous(), values[1].contiguous(), small,
+                large))
         with _float32_logits(x) as fp32:
-            attn = self.logits(fp32(query), fp32(key),
-                               self.weight_proj.weight.view(-1, 49))
+            attn = self.logits(fp32(query), fp32(key), proj_w)
             attn = attn + self.weight_proj.bias
             attn1, attn2 = torch.split(attn, [small * small, large * large],
                                        -1)
@@ -171,6 +182,25 @@ class DynamicConvBlock(Recompute, nn.Module):
             attn1, attn2 = attn1.softmax(dim=-1), attn2.softmax(dim=-1)
         return self.aggregate(x, attn1, attn2)
 
+    def _recompute_weights(self, x: torch.Tensor) -> bool:
+        """Whether training recomputes the ContMix weights in the backward
+        (:func:`~overlock.ops.contmix_weights.softmax_aggregate`, with
+        ``selective_cp``; not in the reference mode, nor when natten runs
+        the aggregation, nor under ``torch.compile``, whose partitioner
+        decides what to recompute)."""
+        return (self.selective_cp and self.training and
+                torch.is_grad_enabled() and not settings.reference and
+                not torch.compiler.is_compiling() and not uses_natten(x))
+
+    def _query_key(self, query: torch.Tensor, key: torch.Tensor,
+                   proj_w: torch.Tensor):
+        """``(q, kw)`` of the logits ``q @ kw``: ``(B, G, H*W, c)`` and ``(B,
+        G, c, S^2 + K^2)``."""
+        b, g = query.shape[0], self.num_heads
+        query = query.reshape(b, g, -1, query.shape[2] * query.shape[3])
+        key = key.reshape(b, g, -1, 49)
+        return query.transpose(-2, -1), torch.matmul(key, proj_w.t())
+
     def logits(self, query: torch.Tensor, key: torch.Tensor,
                proj_w: torch.Tensor) -> torch.Tensor:
         """ContMix logits without their biases, ``(B, G, H*W, S^2 + K^2)``,
@@ -178,11 +208,20 @@ class DynamicConvBlock(Recompute, nn.Module):
         dim/2, 7, 7)`` and ``weight_proj``'s ``(S^2 + K^2, 49)`` weight:
         the affinity (HW x 49) followed by the 49 -> S^2 + K^2 projection,
         computed in the cheaper order ``q^T (k W^T)``."""
-        b, g = query.shape[0], self.num_heads
-        query = query.reshape(b, g, -1, query.shape[2] * query.shape[3])
-        key = key.reshape(b, g, -1, 49)
-        return torch.matmul(query.transpose(-2, -1),
-                            torch.matmul(key, proj_w.t()))
+        return torch.matmul(*self._query_key(query, key, proj_w))
+
+    def _values(self, x: torch.Tensor) -> torch.Tensor:
+        """``(2, B, G, H, W, c)``: the values of the two kernels."""
+        b, c, h, w = x.shape
+        g = self.num_heads
+        return x.reshape(b, 2, g, c // (2 * g), h, w).permute(1, 0, 2, 4, 5, 3)
+
+    def _merge(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        """The two ``(B, G, H, W, c)`` aggregations back to ``(B, dim, H,
+        W)``."""
+        b, g, h, w, c = x1.shape
+        out = torch.cat([x1, x2], dim=1)  # B 2g H W c
+        return out.permute(0, 1, 4, 2, 3).reshape(b, 2 * g * c, h, w)
 
     def aggregate(self, x: torch.Tensor, attn1: torch.Tensor,
                   attn2: torch.Tensor) -> torch.Tensor:
@@ -191,13 +230,12 @@ class DynamicConvBlock(Recompute, nn.Module):
         K^2)``."""
         b, c, h, w = x.shape
         g = self.num_heads
-        value = x.reshape(b, 2, g, c // (2 * g), h, w).permute(1, 0, 2, 4, 5, 3)
+        value = self._values(x)
         x1 = contmix_aggregate(attn1.view(b, g, h, w, -1),
                                value[0].contiguous(), self.smk_size)
         x2 = contmix_aggregate(attn2.view(b, g, h, w, -1),
                                value[1].contiguous(), self.kernel_size)
-        out = torch.cat([x1, x2], dim=1)  # B 2g H W c
-        return out.permute(0, 1, 4, 2, 3).reshape(b, c, h, w)
+        return self._merge(x1, x2)
 
     def _forward(self, x, h_x, h_r):
         if not self.is_first:

@@ -87,4 +87,8 @@ def test_count_ops_tool(tmp_path):
     ev_bf16 = rows[1]['by_op']
     assert ev_bf16['aten._to_copy'] < ev_bf16['aten.convolution'] / 3
     assert rows[2]['by_op']['aten.convolution_backward'] > 0
+    # activations kept for the backward: training rows only; bf16 less
+    assert rows[0]['saved_mb'] == rows[1]['saved_mb'] == 0
+    assert 0 < rows[3]['saved_mb'] < rows[2]['saved_mb']
+    assert 'saved MB' in text
     assert 'the CUDA path' in text and 'ours, train bf16:' in text

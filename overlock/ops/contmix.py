@@ -46,7 +46,7 @@ __all__ = [
     'contmix_aggregate', 'contmix_aggregate_reference',
     'aggregate_window_major', 'neighborhood_starts',
     'neighborhood_bias_index', 'bias_index', 'neighborhood_bias',
-    'contmix_size',
+    'neighborhood_bias_grad', 'uses_natten', 'contmix_size',
     'at_contmix_size'
 ]
 
@@ -140,14 +140,20 @@ class _NeighborhoodBias(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        height, width, k = ctx.conf
-        g = grad.shape[0]
-        # (G, H*W, K*K) -> (G, H*K, W*K): rows (i, ki), columns (j, kj)
-        grad = grad.reshape(g, height, width, k, k).transpose(2, 3).reshape(
-            g, height * k, width * k)
-        rows = _bias_one_hot(height, k, grad.device).to(grad.dtype)
-        cols = _bias_one_hot(width, k, grad.device).to(grad.dtype)
-        return rows.t() @ grad @ cols, None, None, None
+        return (neighborhood_bias_grad(grad, *ctx.conf), None, None, None)
+
+
+def neighborhood_bias_grad(grad: torch.Tensor, height: int, width: int,
+                           kernel_size: int) -> torch.Tensor:
+    """Gradient of the ``(G, 2K-1, 2K-1)`` table of
+    :func:`neighborhood_bias` from that of its ``(G, H*W, K*K)`` output."""
+    g, k = grad.shape[0], kernel_size
+    # (G, H*W, K*K) -> (G, H*K, W*K): rows (i, ki), columns (j, kj)
+    grad = grad.reshape(g, height, width, k, k).transpose(2, 3).reshape(
+        g, height * k, width * k)
+    rows = _bias_one_hot(height, k, grad.device).to(grad.dtype)
+    cols = _bias_one_hot(width, k, grad.device).to(grad.dtype)
+    return rows.t() @ grad @ cols
 
 
 def neighborhood_bias(table: torch.Tensor, height: int, width: int,
@@ -420,7 +426,7 @@ def _aggregate_backward_op(grad_out: torch.Tensor, attn: torch.Tensor,
                                                       torch.Tensor]:
     grad_out = grad_out.contiguous()
     kernels = triton_kernels(value)
-    dtype = value.dtype
+    dtype, attn_dtype = value.dtype, attn.dtype
     if kernels is None and dtype in _HALF:  # accumulate in float32
         grad_out, attn, value = grad_out.float(), attn.float(), value.float()
     if kernels is not None:
@@ -436,8 +442,8 @@ def _aggregate_backward_op(grad_out: torch.Tensor, attn: torch.Tensor,
     # custom ops return tensors: empty ones stand for "not needed"; the
     # gradients are contiguous whatever the inputs' strides (as the fake
     # says: inductor lays out what it compiles by the fake's strides)
-    return (ga.to(dtype).contiguous() if need_attn
-            else attn.new_empty(0, dtype=dtype),
+    return (ga.to(attn_dtype).contiguous() if need_attn
+            else attn.new_empty(0, dtype=attn_dtype),
             gv.to(dtype).contiguous() if need_value
             else value.new_empty(0, dtype=dtype))
 
@@ -505,6 +511,12 @@ def _check_aggregate_args(attn, value, kernel_size):
             f'{kernel_size}, got {tuple(value.shape[2:4])}')
 
 
+def uses_natten(value: torch.Tensor) -> bool:
+    """Whether :func:`contmix_aggregate` hands ``value`` to natten."""
+    return (not settings.reference and value.is_cuda and
+            settings.kernels != 'triton' and natten_av() is not None)
+
+
 def contmix_aggregate(attn: torch.Tensor, value: torch.Tensor,
                       kernel_size: int) -> torch.Tensor:
     """Neighbourhood aggregation with NATTEN's ``na2d_av`` semantics:
@@ -512,7 +524,10 @@ def contmix_aggregate(attn: torch.Tensor, value: torch.Tensor,
 
     Args:
         attn (Tensor): ``(B, G, H, W, K*K)`` weights of each pixel's window,
-            row-major over the window.
+            row-major over the window; in ``value``'s dtype, or float32 with
+            half-precision values (autocast's softmax output, used as it
+            is: no half copy is made or saved for the backward, and the
+            weights' gradient is float32).
         value (Tensor): ``(B, G, H, W, C)`` values.
         kernel_size (int): ``K``, odd, at most ``min(H, W)``.
 
@@ -522,11 +537,11 @@ def contmix_aggregate(attn: torch.Tensor, value: torch.Tensor,
     _check_aggregate_args(attn, value, kernel_size)
     if settings.reference:
         return contmix_aggregate_reference(attn, value, kernel_size)
-    if value.is_cuda and settings.kernels != 'triton':
-        fn = natten_av()
-        if fn is not None:
-            return fn(attn, value, kernel_size=kernel_size)
-    if attn.dtype != value.dtype:
+    if uses_natten(value):
+        return natten_av()(attn.to(value.dtype), value,
+                           kernel_size=kernel_size)
+    if attn.dtype != value.dtype and not (attn.dtype == torch.float32 and
+                                          value.dtype in _HALF):
         attn = attn.to(value.dtype)
     return _aggregate_op(attn, value, kernel_size)
 

@@ -9,8 +9,10 @@ the tests check these kernels without a GPU.
 Semantics are NATTEN's ``na2d_av`` (see :mod:`overlock.ops.contmix`): pixel
 ``(i, j)`` reads the ``K x K`` window starting at
 ``(clamp(i - K//2, 0, H - K), clamp(j - K//2, 0, W - K))``. Inputs may be
-float32, float16 or bfloat16; products are accumulated in float32 and
-written in the input's dtype. No tensor with both the window and the channel
+float32, float16 or bfloat16, the weights also float32 with half-precision
+values; products are accumulated in float32 and each result is written in
+the dtype of its input (output: the values'; weight gradient: the
+weights'). No tensor with both the window and the channel
 axes is ever formed, and the value gradient is a gather (each value position
 sums over the pixels whose window covers it), so results are deterministic.
 """

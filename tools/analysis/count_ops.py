@@ -3,7 +3,10 @@
 the timm peers, counted with a ``TorchDispatchMode`` (views and bare
 allocations excluded). On a GPU each operation is a kernel launch, and our
 step there is launch-bound (see the README, "On GPUs"), so the count is
-the device-free measure of that overhead:
+the device-free measure of that overhead. Training rows also show the
+activation memory the forward keeps for the backward (``saved MB``: each
+storage once; the peak's main part, without parameters, gradients and
+workspaces):
 
     python tools/analysis/count_ops.py --arch t --size 256 256 --peers
     python tools/analysis/count_ops.py --cuda-path --dtype fp32 bf16 --top 15
@@ -71,27 +74,38 @@ def cuda_path(enabled: bool):
 
 def count(impl, arch, flavour, mode, size, batch, dtype='fp32',
           emulate_cuda=False, device='cpu'):
-    """``Counter`` of the operations of one step (after one uncounted)."""
+    """``(Counter of the operations, bytes kept for the backward)`` of one
+    step (after one uncounted; the bytes: 0 in eval)."""
     import torch
     torch.manual_seed(0)
     model = build(impl, arch, flavour, device, size)
     model.train(mode == 'train')
     x = torch.randn(batch, 3, *size, device=device)
 
+    saved = {}
+
+    def keep(t):  # what the forward keeps for the backward, per storage
+        storage = t.untyped_storage()
+        saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
     def step():
         with autocast(device, dtype):
             if mode == 'eval':
                 with torch.no_grad():
                     return model(x)
-            loss = sum(o.float().mean() for o in model(x))
+            with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+                outs = model(x)
+            loss = sum(o.float().mean() for o in outs)
         loss.backward()
         model.zero_grad(set_to_none=True)
 
     with cuda_path(emulate_cuda and impl not in PEERS):
         step()
+        saved.clear()
         with _counter() as counter:
             step()
-    return counter.ops
+    return counter.ops, sum(saved.values())
 
 
 def main(argv=None):
@@ -123,27 +137,32 @@ def main(argv=None):
     for mode in modes:
         for dtype in args.dtype:
             for impl in impls:
-                ops = count(impl, args.arch, args.flavour, mode,
-                            tuple(args.size),
-                            args.batch if mode == 'train' else 1, dtype,
-                            args.cuda_path, args.device)
+                ops, saved = count(impl, args.arch, args.flavour, mode,
+                                   tuple(args.size),
+                                   args.batch if mode == 'train' else 1,
+                                   dtype, args.cuda_path, args.device)
                 rows.append(dict(impl=impl, mode=mode, dtype=dtype,
-                                 ops=sum(ops.values()), by_op=dict(ops)))
+                                 ops=sum(ops.values()), by_op=dict(ops),
+                                 saved_mb=saved / 2**20))
                 print(f'# {mode} {dtype} {impl}: {rows[-1]["ops"]} ops',
                       file=sys.stderr, flush=True)
     print(f'OverLoCK-{args.arch.upper()} {args.flavour}, '
           f'{args.size[0]}x{args.size[1]}, train batch {args.batch}, eval '
           f'batch 1, {args.device}' +
           (', the CUDA path' if args.cuda_path else ''))
-    print(f'{"mode":<6}{"dtype":<6}{"impl":<12}{"ops":>8}{"ratio":>9}')
+    print(f'{"mode":<6}{"dtype":<6}{"impl":<12}{"ops":>8}{"ratio":>9}'
+          f'{"saved MB":>10}{"ratio":>8}')
     for mode in modes:
         for dtype in args.dtype:
             group = [r for r in rows
                      if r['mode'] == mode and r['dtype'] == dtype]
             for r in group:
                 ratio = group[0]['ops'] / r['ops']
+                mem = (f'{r["saved_mb"]:>10.1f}'
+                       f'{group[0]["saved_mb"] / r["saved_mb"]:>7.2f}x'
+                       if mode == 'train' else '')
                 print(f'{mode:<6}{dtype:<6}{r["impl"]:<12}{r["ops"]:>8}'
-                      f'{ratio:>8.1f}x')
+                      f'{ratio:>8.1f}x{mem}')
     if args.top:
         for r in rows:
             if r['impl'] == 'ours':
