@@ -207,8 +207,8 @@ def test_fused_inference_under_autocast_casts_weights_once():
     casts, plain_casts = fused_ops['aten._to_copy'], plain_ops['aten._to_copy']
     assert plain_casts > 5 * casts, (plain_casts, casts)
     assert sum(fused_ops.values()) < 0.7 * sum(plain_ops.values())
-    assert fused_ops['aten.native_batch_norm'] < \
-        plain_ops['aten.native_batch_norm'] / 5
+    n_bns = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert fused_ops['aten.native_batch_norm'] < n_bns / 5
     for f, p, r in zip(fused, plain, ref):
         assert torch.isfinite(f).all()
         # the bfloat16 error of either path against float32, and each other
