@@ -72,7 +72,11 @@ class Variant(collections.namedtuple(
         names = _jit(self.fn).arg_names
         consts = ','.join(f'{k}={v}'
                           for k, v in self.named_constexprs().items())
-        dtype = next(v for _, v in self.signature if v.startswith('*'))[1:]
+        # the half-precision type if any pointer has one (float32 ContMix
+        # weights go with half values under autocast), else the first
+        pointers = [v[1:] for _, v in self.signature if v.startswith('*')]
+        dtype = next((p for p in pointers if p in ('fp16', 'bf16')),
+                     pointers[0])
         div16 = ','.join(names[k[0]] for k, v in self.attrs
                          if 'divisibility' in v and
                          not self.signature[k[0]][1].startswith('*'))
