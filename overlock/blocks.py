@@ -165,13 +165,12 @@ class DynamicConvBlock(Recompute, nn.Module):
         proj_w = self.weight_proj.weight.view(-1, 49)
         if self._recompute_weights(x):
             # the weights are recomputed in the backward, not kept
-            values = self._values(x)
+            value1, value2 = self._values(x)
             with _float32_logits(x) as fp32:
                 q, kw = self._query_key(fp32(query), fp32(key), proj_w)
             return self._merge(*softmax_aggregate(
-                q, kw, self.weight_proj.bias, self.rpb1, self.rpb2,
-                values[0].contiguous(), values[1].contiguous(), small,
-                large))
+                q, kw, self.weight_proj.bias, self.rpb1, self.rpb2, value1,
+                value2, small, large))
         with _float32_logits(x) as fp32:
             attn = self.logits(fp32(query), fp32(key), proj_w)
             attn = attn + self.weight_proj.bias

@@ -46,7 +46,8 @@ __all__ = [
     'contmix_aggregate', 'contmix_aggregate_reference',
     'aggregate_window_major', 'neighborhood_starts',
     'neighborhood_bias_index', 'bias_index', 'neighborhood_bias',
-    'neighborhood_bias_grad', 'uses_natten', 'contmix_size',
+    'neighborhood_bias_grad', 'uses_natten', 'check_map_size',
+    'contmix_size',
     'at_contmix_size'
 ]
 
@@ -505,6 +506,12 @@ def _check_aggregate_args(attn, value, kernel_size):
         raise ValueError(
             f'attn {tuple(attn.shape)} does not match value '
             f'{tuple(value.shape)} with kernel_size {kernel_size}')
+    check_map_size(value, kernel_size)
+
+
+def check_map_size(value: torch.Tensor, kernel_size: int) -> None:
+    """A clear error for ``(B, G, H, W, C)`` values smaller than the
+    kernel."""
     if min(value.shape[2:4]) < kernel_size:
         raise ValueError(
             f'ContMix aggregation needs maps of at least {kernel_size} x '

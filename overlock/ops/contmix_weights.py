@@ -18,7 +18,8 @@ from typing import Tuple
 
 import torch
 
-from .contmix import neighborhood_bias, neighborhood_bias_grad
+from .contmix import (check_map_size, neighborhood_bias,
+                      neighborhood_bias_grad)
 
 __all__ = ['softmax_aggregate', 'contmix_weights']
 
@@ -126,10 +127,7 @@ def softmax_aggregate(q: torch.Tensor, kw: torch.Tensor,
             raise ValueError(
                 f'softmax_aggregate: values {tuple(value.shape)} do not match '
                 f'queries {tuple(q.shape)} (B, G, H*W, c)')
-        if min(value.shape[2:4]) < k:
-            raise ValueError(
-                f'ContMix aggregation needs maps of at least {k} x {k}, got '
-                f'{tuple(value.shape[2:4])}')
+        check_map_size(value, k)
     if kw.shape[-1] != small * small + large * large:
         raise ValueError(
             f'softmax_aggregate: kw {tuple(kw.shape)} should end with '
