@@ -24,6 +24,7 @@ import json
 import os
 import os.path as osp
 import sys
+import weakref
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(
@@ -82,20 +83,24 @@ def count(impl, arch, flavour, mode, size, batch, dtype='fp32',
     model.train(mode == 'train')
     x = torch.randn(batch, 3, *size, device=device)
 
-    saved = {}
+    packed = []  # weak references to what the forward saved
+    saved = []  # bytes kept at the end of the last counted forward
 
-    def keep(t):  # what the forward keeps for the backward, per storage
-        storage = t.untyped_storage()
-        saved[storage.data_ptr()] = storage.nbytes()
-        return t
+    def keep(t):
+        box = _Kept(t)
+        packed.append(weakref.ref(box))
+        return box
 
     def step():
+        packed.clear()
         with autocast(device, dtype):
             if mode == 'eval':
                 with torch.no_grad():
                     return model(x)
-            with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+            with torch.autograd.graph.saved_tensors_hooks(keep,
+                                                          _Kept.unpack):
                 outs = model(x)
+            saved.append(_kept_bytes(packed))
             loss = sum(o.float().mean() for o in outs)
         loss.backward()
         model.zero_grad(set_to_none=True)
@@ -105,7 +110,32 @@ def count(impl, arch, flavour, mode, size, batch, dtype='fp32',
         saved.clear()
         with _counter() as counter:
             step()
-    return counter.ops, sum(saved.values())
+    return counter.ops, sum(saved)
+
+
+class _Kept:
+    """A saved tensor as autograd holds it: alive at the end of the forward
+    only if the graph still needs it (what a recomputed segment saved
+    inside its checkpoint is not seen here at all)."""
+    __slots__ = ('tensor', '__weakref__')
+
+    def __init__(self, tensor):
+        self.tensor = tensor
+
+    def unpack(self):
+        return self.tensor
+
+
+def _kept_bytes(packed) -> int:
+    """Bytes of the distinct storages of the still-saved tensors (all
+    alive: no address was reused among them)."""
+    storages = {}
+    for ref in packed:
+        box = ref()
+        if box is not None:
+            storage = box.tensor.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
 
 
 def main(argv=None):
