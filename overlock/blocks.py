@@ -15,9 +15,8 @@ from .layers import (BNConv, ConvBN, ConvBNAct, DropPath, Fusion, GRNMlp,
                      LargeKernelBN, LayerNorm2d, LayerScale, RepConvProj,
                      ResDWConv, SEModule, autocast_input)
 from .config import settings
-from .ops.contmix import (at_contmix_size, contmix_aggregate,
-                          neighborhood_bias, uses_natten)
-from .ops.contmix_weights import softmax_aggregate
+from .ops.contmix import at_contmix_size, contmix_aggregate, uses_natten
+from .ops.contmix_weights import contmix_weights, softmax_aggregate
 from .recompute import Recompute
 
 __all__ = ['RepConvBlock', 'DynamicConvBlock']
@@ -163,22 +162,15 @@ class DynamicConvBlock(Recompute, nn.Module):
         query = self.weight_query(query) * self.scale
         key = self.weight_key(key)
         proj_w = self.weight_proj.weight.view(-1, 49)
-        if self._recompute_weights(x):
-            # the weights are recomputed in the backward, not kept
-            value1, value2 = self._values(x)
-            with _float32_logits(x) as fp32:
-                q, kw = self._query_key(fp32(query), fp32(key), proj_w)
-            return self._merge(*softmax_aggregate(
-                q, kw, self.weight_proj.bias, self.rpb1, self.rpb2, value1,
-                value2, small, large))
         with _float32_logits(x) as fp32:
-            attn = self.logits(fp32(query), fp32(key), proj_w)
-            attn = attn + self.weight_proj.bias
-            attn1, attn2 = torch.split(attn, [small * small, large * large],
-                                       -1)
-            attn1 = attn1 + neighborhood_bias(self.rpb1, h, w, small)
-            attn2 = attn2 + neighborhood_bias(self.rpb2, h, w, large)
-            attn1, attn2 = attn1.softmax(dim=-1), attn2.softmax(dim=-1)
+            q, kw = self._query_key(fp32(query), fp32(key), proj_w)
+            tables = (self.weight_proj.bias, self.rpb1, self.rpb2)
+            if self._recompute_weights(x):
+                # the weights are recomputed in the backward, not kept
+                return self._merge(*softmax_aggregate(
+                    q, kw, *tables, *self._values(x), small, large))
+            attn1, attn2 = contmix_weights(q, kw, *tables, h, w, small,
+                                           large)
         return self.aggregate(x, attn1, attn2)
 
     def _recompute_weights(self, x: torch.Tensor) -> bool:
