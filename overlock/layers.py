@@ -124,7 +124,11 @@ class LayerScale(nn.Module):
 
 
 class GRN(nn.Module):
-    """Global Response Normalisation (ConvNeXt V2) for ``(N, C, H, W)``."""
+    """Global Response Normalisation (ConvNeXt V2) for ``(N, C, H, W)``:
+    ``x + beta + gamma * x * nx``, ``nx`` the spatial L2 norm of ``x``
+    divided by its mean over the channels (plus ``eps``)."""
+
+    eps = 1e-6
 
     def __init__(self, dim: int):
         super().__init__()
@@ -134,20 +138,68 @@ class GRN(nn.Module):
     def scale(self, x):
         """The per-sample, per-channel factor: ``GRN(x) = x * scale + beta``
         (float32 for float16 / bfloat16 ``x``, see :func:`spatial_l2_norm`)."""
-        gx = spatial_l2_norm(x)
-        nx = gx / (gx.mean(dim=1, keepdim=True) + 1e-6)
-        return torch.addcmul(torch.ones_like(self.gamma), self.gamma, nx)
+        return _grn_scale(spatial_l2_norm(x), self.gamma, self.eps)[2]
 
     def forward(self, x):
         if settings.reference:  # as the official code
             gx = torch.norm(x, p=2, dim=(2, 3), keepdim=True)
-            nx = gx / (gx.mean(dim=1, keepdim=True) + 1e-6)
+            nx = gx / (gx.mean(dim=1, keepdim=True) + self.eps)
             return x + self.beta + self.gamma * nx * x
+        if torch.is_grad_enabled() and (
+                x.requires_grad or self.gamma.requires_grad
+                or self.beta.requires_grad):
+            return _GRNFunction.apply(x, self.gamma, self.beta, self.eps)
         # x + beta + gamma * nx * x, in one pass over x (in x's dtype: under
         # autocast the float32 factor and shift are rounded to it, not x
         # promoted to float32)
         return torch.addcmul(self.beta.to(x.dtype), x,
                              self.scale(x).to(x.dtype))
+
+
+def _grn_scale(gx, gamma, eps: float):
+    """``(mean, nx, scale)`` of GRN from the spatial norm ``gx``:
+    ``mean = mean_c(gx) + eps``, ``nx = gx / mean``,
+    ``scale = 1 + gamma * nx``."""
+    mean = gx.mean(dim=1, keepdim=True).add_(eps)
+    nx = gx / mean
+    return mean, nx, torch.addcmul(torch.ones_like(gamma), gamma, nx)
+
+
+class _GRNFunction(torch.autograd.Function):
+    """GRN with a written-out backward: one autograd node instead of ~10,
+    23 -> 15 operations in the backward (float32; 29 -> 16 under autocast,
+    whose casts it has not), each a kernel launch on a GPU. Keeps ``x`` and
+    per-channel statistics, as autograd's GRN does.
+
+    With ``s = 1 + gamma * nx``, ``nx = gx / m``, ``m = mean_c(gx) + eps``
+    and ``gs = sum_hw(g * x)`` for the output gradient ``g``:
+    ``d beta = sum_nhw g``, ``d gamma = sum_n gs * nx``, and
+    ``dx = g * s + x * (gs * gamma - mean_c(gs * gamma * nx)) / (m * gx)``
+    (the second term 0 where ``gx == 0``, i.e. ``x == 0``)."""
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta, eps):
+        gx = spatial_l2_norm(x, chunk=None)  # float32 for half-precision x
+        with torch.no_grad():
+            mean, nx, scale = _grn_scale(gx, gamma, eps)
+        scale = scale.to(x.dtype)
+        ctx.save_for_backward(x, gamma, gx, mean, nx, scale)
+        ctx.beta_dtype = beta.dtype
+        return torch.addcmul(beta.to(x.dtype), x, scale)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, gamma, gx, mean, nx, scale = ctx.saved_tensors
+        acc = gx.dtype  # float32, or float64 for float64 x
+        grad_beta = grad.sum((0, 2, 3), keepdim=True, dtype=acc)
+        gs = (grad * x).sum((2, 3), keepdim=True, dtype=acc)
+        grad_gamma = (gs * nx).sum(0, keepdim=True)
+        gnx = gs * gamma
+        ratio = (gnx - (gnx * nx).mean(1, keepdim=True)).div_(mean).div_(gx)
+        ratio.masked_fill_(gx == 0, 0)
+        grad_x = torch.addcmul(grad * scale, x, ratio.to(x.dtype))
+        return (grad_x, grad_gamma.to(gamma.dtype),
+                grad_beta.to(ctx.beta_dtype), None)
 
 
 class SEModule(nn.Module):

@@ -435,26 +435,37 @@ def test_recomputation_copies_no_buffers():
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Count(TorchDispatchMode):
-        def __init__(self):
+        def __init__(self, buffers):
             super().__init__()
             self.ops = []
+            self.buffers = buffers
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.ops.append(str(func.overloadpacket))
+            name = str(func.overloadpacket)
+            # writes into a BatchNorm buffer, apart from the BatchNorm's own
+            tensors = [t for a in args for t in (
+                a if isinstance(a, (list, tuple)) else [a])
+                if isinstance(t, torch.Tensor)]
+            if func._schema.is_mutable and name != 'aten.native_batch_norm' \
+                    and any(t.data_ptr() in self.buffers for t in tensors):
+                name = 'buffer write'
+            self.ops.append(name)
             return func(*args, **(kwargs or {}))
 
     counts = []
     for cp in (False, True):
         model = _tiny(selective_cp=cp).train()
+        buffers = {b.data_ptr() for m in model.modules()
+                   if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                   for b in m.buffers()}
         x = torch.randn(2, 3, 48, 48)
-        # aten convolutions: the CPU plans are timed, and their layout
-        # copies would depend on which one wins
-        with overlock.options(cpu_conv='aten'), Count() as c:
+        with Count(buffers) as c:
             sum(o.mean() for o in model(x)).backward()
-        counts.append({n: c.ops.count(n) for n in ('aten.copy_',
+        counts.append({n: c.ops.count(n) for n in ('buffer write',
                                                    'aten.native_batch_norm')})
     plain, selective = counts
-    assert selective['aten.copy_'] == plain['aten.copy_']
+    # the same updates of the counters and stacked statistics, none more
+    assert selective['buffer write'] == plain['buffer write'] > 0
     # the recomputed BatchNorms run again, and nothing else is added for them
     assert selective['aten.native_batch_norm'] > \
         plain['aten.native_batch_norm']

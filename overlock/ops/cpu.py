@@ -66,13 +66,16 @@ def conv_act(x: torch.Tensor,
     return fn(y) if fn is not None else y
 
 
-def spatial_l2_norm(x: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+def spatial_l2_norm(x: torch.Tensor,
+                    chunk: Optional[int] = 4096) -> torch.Tensor:
     """L2 norm over ``(H, W)`` of an ``(N, C, H, W)`` tensor, shape
     ``(N, C, 1, 1)``, without materialising ``x * x`` (on CPU a fresh
     allocation of the size of ``x`` costs more than the arithmetic):
     channels-first tensors reduce along their contiguous rows (3-4x faster
     than ``vector_norm`` on CPU), channels-last ones in cache-sized chunks of
-    pixels (when no gradient is needed). Half-precision inputs (autocast)
+    pixels (when no gradient is needed and ``chunk`` is not ``None``: a
+    training step's few large maps rather take three operations than
+    three per chunk). Half-precision inputs (autocast)
     give a float32 norm: their sum of squares over a detection-sized map
     overflows float16, and bfloat16 keeps 8 bits of it."""
     if x.dtype in (torch.float16, torch.bfloat16):
@@ -81,8 +84,8 @@ def spatial_l2_norm(x: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
     n, c = x.shape[:2]
     if x.is_contiguous():
         return x.reshape(n, c, -1).norm(dim=2)[..., None, None]
-    if not is_channels_last(x) or (torch.is_grad_enabled()
-                                   and x.requires_grad):
+    if chunk is None or not is_channels_last(x) or (
+            torch.is_grad_enabled() and x.requires_grad):
         return x.square().sum((2, 3), keepdim=True).sqrt()
     rows = x.permute(0, 2, 3, 1).reshape(n, -1, c)
     out = x.new_zeros(n, c)
