@@ -3,6 +3,7 @@ ContMix op included) and gives eager's numbers. A cheap backend (aot_eager)
 keeps this a CPU test."""
 import copy
 import math
+import warnings
 
 import pytest
 import torch
@@ -154,8 +155,13 @@ def test_backbone_is_one_graph(kernels, train, monkeypatch):
     torch._dynamo.reset()
     model = OverLoCK(TINY_ARCH).train(train)
     x = torch.randn(1, 3, 40, 36)
-    with overlock.options(kernels=kernels):
+    with overlock.options(kernels=kernels), \
+            warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
         explained = torch._dynamo.explain(model)(x)
+    # no noise either (dynamo warned about tracing through the lru_caches
+    # of the bias index at every compilation)
+    assert not [w for w in caught if 'lru_cache' in str(w.message)]
     assert explained.graph_break_count == 0, [
         str(b.reason).split('\n')[0] for b in explained.break_reasons]
     assert explained.graph_count == 1

@@ -104,7 +104,26 @@ def outside_inference_mode():
         torch.is_inference_mode_enabled() else contextlib.nullcontext()
 
 
-@functools.lru_cache(maxsize=64)
+def cache_unless_compiling(maxsize: int):
+    """``functools.lru_cache(maxsize)``, bypassed while dynamo traces (it
+    would trace through the cache anyway, and warn on every compilation
+    that it does)."""
+    def decorate(fn):
+        cached = functools.lru_cache(maxsize=maxsize)(fn)
+
+        @functools.wraps(fn)
+        def call(*args):
+            if torch.compiler.is_compiling():
+                return fn(*args)
+            return cached(*args)
+
+        call.cache_clear, call.cache_info = cached.cache_clear, \
+            cached.cache_info
+        return call
+    return decorate
+
+
+@cache_unless_compiling(maxsize=64)
 def bias_index(height: int, width: int, kernel_size: int,
                device: torch.device) -> torch.Tensor:
     """:func:`neighborhood_bias_index`, cached per size and device."""
@@ -112,7 +131,7 @@ def bias_index(height: int, width: int, kernel_size: int,
         return neighborhood_bias_index(height, width, kernel_size, device)
 
 
-@functools.lru_cache(maxsize=64)
+@cache_unless_compiling(maxsize=64)
 def _bias_one_hot(length: int, kernel_size: int,
                   device: torch.device) -> torch.Tensor:
     """``(length * K, 2K - 1)``: row ``(i, k)`` selects the table row that
