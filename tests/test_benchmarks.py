@@ -46,6 +46,34 @@ def test_backbone_benchmark_autocast_dtype():
     assert 'Self CPU' in res['profile']
 
 
+@pytest.mark.parametrize('mode', ['default', 'reduce-overhead'])
+def test_backbone_benchmark_compile_modes(monkeypatch, mode):
+    """``--compile MODE`` reaches ``torch.compile``; CUDA-graph modes mark
+    every step as a new replay (inductor itself is too slow for a CPU
+    test: the compiled numbers are checked in tests/test_compile.py)."""
+    import torch
+    sys.path.insert(0, TOOLS)
+    import benchmark
+    calls = dict(compile=[], steps=0)
+
+    def fake_compile(model, mode=None):
+        calls['compile'].append(mode)
+        return model
+
+    def mark():
+        calls['steps'] += 1
+
+    monkeypatch.setattr(torch, 'compile', fake_compile)
+    monkeypatch.setattr(torch.compiler, 'cudagraph_mark_step_begin', mark)
+    res = benchmark.measure('resnet50', 'xt', 'detection', 'train', (64, 64),
+                            2, 'cpu', 2, 1, 0, compile=mode)
+    assert calls['compile'] == [None if mode == 'default' else mode]
+    assert calls['steps'] == (3 if mode == 'reduce-overhead' else 0)
+    assert res['compiled'] == mode
+    with pytest.raises(SystemExit):
+        benchmark.main(['--compile', 'fastest'])
+
+
 def test_detector_benchmark_runs_a_config(tmp_path):
     out = tmp_path / 'det.json'
     text = _run([os.path.join(TOOLS, 'benchmark_detector.py'), '--configs',

@@ -59,6 +59,10 @@ PEERS = {'convnext_t': 'convnext_tiny', 'resnet50': 'resnet50',
 IMPLS = ('ours', 'naive', 'naive_deploy', 'deploy', 'channels_last') + \
     tuple(PEERS)
 DTYPES = {'fp32': None, 'fp16': 'float16', 'bf16': 'bfloat16'}
+#: ``torch.compile`` modes (``--compile MODE``); those replaying CUDA graphs
+COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune',
+                 'max-autotune-no-cudagraphs')
+CUDAGRAPH_MODES = ('reduce-overhead', 'max-autotune')
 #: glibc settings that keep freed memory in the process instead of returning
 #: every large block to the OS (each fresh block then page-faults again).
 #: They speed up any PyTorch CPU program; ``--malloc heap`` applies them to
@@ -152,7 +156,12 @@ def measure(impl, arch, flavour, mode, size, batch, device, repeats, warmup,
     torch.manual_seed(0)
     model = build(impl, arch, flavour, device, size)
     if compile:  # inductor; the warm-up runs take the compilation
-        model = torch.compile(model)
+        model = torch.compile(
+            model, mode=None if compile == 'default' else compile)
+    # CUDA graphs (reduce-overhead): each step is a new replay, so that the
+    # previous step's outputs may be overwritten
+    mark_step = torch.compiler.cudagraph_mark_step_begin \
+        if compile in CUDAGRAPH_MODES else (lambda: None)
     x = torch.randn(batch, 3, *size, device=device)
     if impl == 'channels_last':
         x = x.contiguous(memory_format=torch.channels_last)
@@ -162,6 +171,7 @@ def measure(impl, arch, flavour, mode, size, batch, device, repeats, warmup,
         model.eval()
 
         def step():
+            mark_step()
             with torch.inference_mode(), autocast(device, dtype):
                 return model(x)
     else:
@@ -171,6 +181,7 @@ def measure(impl, arch, flavour, mode, size, batch, device, repeats, warmup,
         xg = x.requires_grad_(False)
 
         def step():
+            mark_step()
             with autocast(device, dtype):
                 outs = model(xg)
                 loss = sum(o.float().mean() for o in outs)
@@ -238,7 +249,8 @@ def run_isolated(args, spec, mode, dtype):
            str(args.batch), '--device', args.device, '--repeats',
            str(args.repeats), '--warmup', str(args.warmup), '--threads',
            str(args.threads), '--dtype', dtype, '--profile',
-           str(args.profile)] + (['--compile'] if args.compile else [])
+           str(args.profile)] + (['--compile', args.compile]
+                                 if args.compile else [])
     env = dict(os.environ)
     if args.malloc == 'heap':
         env.update(MALLOC_SETTINGS)
@@ -316,9 +328,13 @@ def main(argv=None):
     p.add_argument('--profile', type=int, nargs='?', const=15, default=0,
                    metavar='TOP', help='print the TOP kernels of one step '
                    '(torch.profiler; default 15)')
-    p.add_argument('--compile', action='store_true',
-                   help='torch.compile every implementation (inductor); '
-                   'the warm-up runs take the compilation')
+    p.add_argument('--compile', nargs='?', const='default', default=None,
+                   choices=COMPILE_MODES, metavar='MODE',
+                   help='torch.compile every implementation (inductor) in '
+                   'this mode: ' + ', '.join(COMPILE_MODES) + ' (CUDA '
+                   'graphs: reduce-overhead, max-autotune); the warm-up '
+                   'runs take the compilation. Defaults to no compilation; '
+                   '--compile alone is the default mode')
     p.add_argument('--json', help='also write the results here')
     p.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
     p.add_argument('--impl', default='ours', help=argparse.SUPPRESS)
@@ -347,7 +363,7 @@ def main(argv=None):
           f'{args.batch}x3x{args.size[0]}x{args.size[1]}, '
           f'{results[0]["device_name"]} ({args.device}), median of '
           f'{args.rounds} x {args.repeats} after {args.warmup} warm-up' +
-          (', torch.compile' if args.compile else '') +
+          (f', torch.compile ({args.compile})' if args.compile else '') +
           (f', malloc {args.malloc}' if args.device == 'cpu' else ''))
     width = max([15] + [len(r['impl']) + 2 for r in results])
     head = f'{"mode":<6}{"dtype":<6}{"impl":<{width}}{"median ms":>11}' \

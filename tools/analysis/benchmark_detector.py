@@ -27,6 +27,9 @@ import time
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+
+from benchmark import COMPILE_MODES, CUDAGRAPH_MODES  # noqa: E402
 
 DEFAULT_CONFIGS = [
     osp.join(ROOT, 'configs', 'mask_rcnn_overlock_t_fpn_1x_coco.py'),
@@ -88,6 +91,13 @@ def measure(config, args):
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     model = build_model(cfg).to(args.device)  # PyTorch's default init
+    if args.compile_backbone:  # in place: parameter names unchanged
+        mode = args.compile_backbone
+        model.backbone.compile(mode=None if mode == 'default' else mode)
+    # CUDA graphs: every iteration is a new replay (the previous one's
+    # outputs may be overwritten)
+    mark_step = torch.compiler.cudagraph_mark_step_begin \
+        if args.compile_backbone in CUDAGRAPH_MODES else (lambda: None)
     dtype = AMP[args.amp]
     wrapper_cfg = dict(cfg.optim_wrapper)
     if dtype is not None:
@@ -106,11 +116,13 @@ def measure(config, args):
             model.train()
 
             def step():  # train_step enters optim_context (autocast)
+                mark_step()
                 model.train_step(data, optim_wrapper)
         else:
             model.eval()
 
             def step():
+                mark_step()
                 with torch.no_grad():
                     if dtype is not None:
                         with torch.autocast(args.device.split(':')[0],
@@ -148,6 +160,12 @@ def main(argv=None):
                    default='train')
     p.add_argument('--amp', choices=list(AMP), default='fp32',
                    help='AmpOptimWrapper with this dtype (CUDA only)')
+    p.add_argument('--compile-backbone', nargs='?', const='default',
+                   default=None, choices=COMPILE_MODES, metavar='MODE',
+                   help='torch.compile every config\'s backbone (in place, '
+                   'inductor) in this mode: ' + ', '.join(COMPILE_MODES) +
+                   '; the warm-up iterations take the compilation. Defaults '
+                   'to no compilation')
     p.add_argument('--cfg-options', nargs='+', action=DictAction,
                    help='applied to every config')
     p.add_argument('--json', help='also write the results here')
@@ -165,7 +183,8 @@ def main(argv=None):
             file=sys.stderr, flush=True)
     print(f'{device_name}, batch {args.batch}, {args.size[0]}x{args.size[1]}'
           f', {args.amp}, median of {args.iters} after {args.warmup} '
-          f'warm-up')
+          f'warm-up' + (f', backbones compiled ({args.compile_backbone})'
+                        if args.compile_backbone else ''))
     head = f'{"mode":<6}{"config":<56}{"s/iter":>9}{"min":>9}' \
            f'{"peak MB":>10}{"ratio":>8}'
     print(head)
