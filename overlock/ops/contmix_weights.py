@@ -110,8 +110,8 @@ def softmax_aggregate(q: torch.Tensor, kw: torch.Tensor,
         proj_b (Tensor): ``(S*S + K*K,)``, the projection's bias.
         rpb1 (Tensor): ``(G, 2S-1, 2S-1)`` relative-position table.
         rpb2 (Tensor): ``(G, 2K-1, 2K-1)`` relative-position table.
-        value1 (Tensor): ``(B, G, H, W, C1)``, contiguous.
-        value2 (Tensor): ``(B, G, H, W, C2)``, contiguous.
+        value1 (Tensor): ``(B, G, H, W, C1)`` (made contiguous here).
+        value2 (Tensor): ``(B, G, H, W, C2)`` (made contiguous here).
         small (int): ``S``.
         large (int): ``K``.
 
