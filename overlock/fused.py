@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import (BNConv, ConvBN, ConvBNAct, Fusion, GRNMlp,
+from .layers import (HALF_DTYPES, BNConv, ConvBN, ConvBNAct, Fusion, GRNMlp,
                      LargeKernelBN, LayerScale, RepConvProj, layer_norm_2d)
 from .ops.contmix import (aggregate_window_major, at_contmix_size,
                           neighborhood_bias)
@@ -36,8 +36,6 @@ from .reparam import cached, fold_bn_before, fuse_conv_bn, use_folded
 
 __all__ = ['enabled', 'native_cpu', 'to_channels_last', 'repconv_forward',
            'dynconv_forward']
-
-_HALF = (torch.float16, torch.bfloat16)
 
 
 def enabled(module: nn.Module, x: torch.Tensor) -> bool:
@@ -90,7 +88,7 @@ def _params(block: nn.Module, build: Callable[[], dict],
     entry = cached(block, lambda: {None: build()})
     if dtype not in entry:
         base, logits = entry[None], dtype
-        if dtype in _HALF:
+        if dtype in HALF_DTYPES:
             logits = torch.float32
         with torch.inference_mode(False), torch.no_grad():
             entry[dtype] = {k: _cast(v, logits if k in _FLOAT32 else dtype)

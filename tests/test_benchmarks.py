@@ -120,3 +120,26 @@ def test_count_ops_tool(tmp_path):
     assert 0 < rows[3]['saved_mb'] < rows[2]['saved_mb']
     assert 'saved MB' in text
     assert 'the CUDA path' in text and 'ours, train bf16:' in text
+
+
+def test_count_ops_tool_fake_cuda(tmp_path):
+    """``--device fake-cuda``: the CUDA dispatch on fake tensors, forward
+    only, any size; CUDA autocast keeps less than float32."""
+    pytest.importorskip('triton')
+    out = tmp_path / 'ops.json'
+    text = _run([os.path.join(TOOLS, 'count_ops.py'), '--arch', 'xt',
+                 '--size', '256', '320', '--batch', '2', '--dtype', 'fp32',
+                 'fp16', '--device', 'fake-cuda', '--json', str(out)])
+    rows = json.loads(out.read_text())
+    assert [(r['mode'], r['dtype']) for r in rows] == [
+        ('eval', 'fp32'), ('eval', 'fp16'), ('train', 'fp32'),
+        ('train', 'fp16')]
+    train = rows[2]['by_op']
+    # the forward only: no backward operation; the Triton ContMix op (two
+    # per Focus-Net block: XT has 6 + 2)
+    assert not [op for op in train if 'backward' in op]
+    assert train['overlock.contmix_aggregate'] == 16
+    assert train['aten.convolution'] > 100
+    # what the training forward keeps for the backward, at 256x320
+    assert 0 < rows[3]['saved_mb'] < rows[2]['saved_mb']
+    assert 'training rows are the forward only' in text

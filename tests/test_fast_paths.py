@@ -471,6 +471,57 @@ def test_recomputation_copies_no_buffers():
         plain['aten.native_batch_norm']
 
 
+def test_no_pointwise_convolution_runs_twice():
+    """The recomputed segments ending in a 1x1 convolution (``fc1``,
+    ``fc2``, ``fusion.fc``, ``proj.conv``) stop their recomputation before
+    it (the checkpoint's early stop): a training step runs each pointwise
+    convolution once, as without recomputation."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket is torch.ops.aten.convolution:
+                x, w, groups = args[0], args[1], args[8]
+                # not the squeeze-excitation's (on 1x1 pooled maps)
+                if w.shape[-2:] == (1, 1) and groups == 1 and \
+                        x.shape[-2:].numel() > 1:
+                    self.n += 1
+            return func(*args, **(kwargs or {}))
+
+    counts = []
+    for cp in (False, True):
+        model = _tiny(selective_cp=cp).train()
+        with Count() as c:
+            sum(o.mean() for o in model(torch.randn(2, 3, 48, 48))).backward()
+        counts.append(c.n)
+    assert counts[0] == counts[1] > 0
+
+
+@pytest.mark.parametrize('selective_cp', [True, False])
+def test_grn_mlp_keeps_one_hidden_map(selective_cp):
+    """With selective recomputation a block's GRN MLP keeps one map of its
+    hidden width for the backward (``fc1``'s output, the recomputed
+    segment's input), not also the input of ``fc2``."""
+    from overlock.blocks import RepConvBlock
+    torch.manual_seed(0)
+    block = RepConvBlock(8, kernel_size=5, mlp_ratio=4,
+                         selective_cp=selective_cp).train()
+    kept = []
+
+    def pack(t):
+        kept.append(t)
+        return t
+
+    x = torch.randn(2, 8, 12, 12, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        block(x)
+    hidden = {t.untyped_storage()._cdata for t in kept
+              if t.dim() == 4 and t.shape[1] == 32 and t.shape[-1] == 12}
+    assert len(hidden) == 1 if selective_cp else len(hidden) > 2
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 @pytest.mark.parametrize('dtype', [None, torch.float16, torch.bfloat16])
 def test_fused_inference_on_cuda(plain_then_fused, monkeypatch, dtype):

@@ -13,9 +13,20 @@ workspaces):
 
 ``--cuda-path`` (CPU) counts the path CUDA takes instead of the CPU's:
 ATen depthwise convolutions, no CPU fused inference flavour (the generic
-one CUDA runs), NCHW. Casts under CPU autocast follow CPU autocast's op
-lists, which differ a little from CUDA's. Each implementation runs one
-step first (caches built), then the counted one.
+one CUDA runs), NCHW, the PyTorch ContMix aggregation. Casts under CPU
+autocast follow CPU autocast's op lists, which differ a little from CUDA's.
+
+``--device fake-cuda`` (any machine) runs on fake CUDA tensors
+(:mod:`fake_cuda`): the dispatch a GPU takes, exactly (the Triton ContMix
+op when triton is installed, CUDA autocast's casts), at any size in
+seconds, but **forward only**: training rows count the training forward
+and what it keeps for the backward (the backward needs a CUDA context)::
+
+    python tools/analysis/count_ops.py --device fake-cuda --size 800 1216 \
+        --dtype fp32 fp16 --peers
+
+Each implementation runs one step first (caches built), then the counted
+one.
 """
 import argparse
 import collections
@@ -24,6 +35,7 @@ import json
 import os
 import os.path as osp
 import sys
+import warnings
 import weakref
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
@@ -49,7 +61,9 @@ def _counter():
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             name = str(func.overloadpacket)
-            if not func.is_view and name not in NO_KERNEL:
+            # prim.*: metadata queries (fake tensors dispatch ``.device``)
+            if not func.is_view and name not in NO_KERNEL and \
+                    not name.startswith('prim.'):
                 self.ops[name] += 1
             return func(*args, **(kwargs or {}))
 
@@ -79,9 +93,18 @@ def count(impl, arch, flavour, mode, size, batch, dtype='fp32',
     step (after one uncounted; the bytes: 0 in eval)."""
     import torch
     torch.manual_seed(0)
-    model = build(impl, arch, flavour, device, size)
+    fake = device == 'fake-cuda'
+    if fake:
+        from fake_cuda import FakeCuda
+        fake = FakeCuda()
+        model = fake.module(build(impl, arch, flavour, 'cpu', size))
+        x = fake.randn(batch, 3, *size)
+        half = DTYPES[dtype] and getattr(torch, DTYPES[dtype])
+        amp = lambda: fake.autocast(half)  # noqa: E731
+    else:
+        model = build(impl, arch, flavour, device, size)
+        x = torch.randn(batch, 3, *size, device=device)
     model.train(mode == 'train')
-    x = torch.randn(batch, 3, *size, device=device)
 
     packed = []  # weak references to what the forward saved
     saved = []  # bytes kept at the end of the last counted forward
@@ -93,7 +116,7 @@ def count(impl, arch, flavour, mode, size, batch, dtype='fp32',
 
     def step():
         packed.clear()
-        with autocast(device, dtype):
+        with (amp() if fake else autocast(device, dtype)):
             if mode == 'eval':
                 with torch.no_grad():
                     return model(x)
@@ -102,10 +125,15 @@ def count(impl, arch, flavour, mode, size, batch, dtype='fp32',
                 outs = model(x)
             saved.append(_kept_bytes(packed))
             loss = sum(o.float().mean() for o in outs)
+        if fake:  # the backward needs a CUDA context
+            return
         loss.backward()
         model.zero_grad(set_to_none=True)
 
-    with cuda_path(emulate_cuda and impl not in PEERS):
+    with cuda_path(emulate_cuda and impl not in PEERS), \
+            (fake or contextlib.nullcontext()), warnings.catch_warnings():
+        # the folded-weight cache keys on data pointers: fake ones are 0
+        warnings.filterwarnings('ignore', 'Accessing the data pointer')
         step()
         saved.clear()
         with _counter() as counter:
@@ -134,7 +162,8 @@ def _kept_bytes(packed) -> int:
         box = ref()
         if box is not None:
             storage = box.tensor.untyped_storage()
-            storages[storage.data_ptr()] = storage.nbytes()
+            # the storage object itself (fake tensors' data pointers are 0)
+            storages[storage._cdata] = storage.nbytes()
     return sum(storages.values())
 
 
@@ -153,7 +182,9 @@ def main(argv=None):
                    help='also count ' + ', '.join(PEERS))
     p.add_argument('--cuda-path', action='store_true',
                    help='CPU: count the path CUDA takes')
-    p.add_argument('--device', default='cpu')
+    p.add_argument('--device', default='cpu',
+                   help="cpu, cuda, or fake-cuda: the CUDA dispatch on fake "
+                   "tensors, on any machine (forward only)")
     p.add_argument('--top', type=int, default=0,
                    help="print our TOP operations of each row's step")
     p.add_argument('--json', help='also write the counts here')
@@ -179,7 +210,9 @@ def main(argv=None):
     print(f'OverLoCK-{args.arch.upper()} {args.flavour}, '
           f'{args.size[0]}x{args.size[1]}, train batch {args.batch}, eval '
           f'batch 1, {args.device}' +
-          (', the CUDA path' if args.cuda_path else ''))
+          (', the CUDA path' if args.cuda_path else '') +
+          (': training rows are the forward only' if args.device ==
+           'fake-cuda' and 'train' in modes else ''))
     print(f'{"mode":<6}{"dtype":<6}{"impl":<12}{"ops":>8}{"ratio":>9}'
           f'{"saved MB":>10}{"ratio":>8}')
     for mode in modes:
