@@ -7,6 +7,7 @@ the order in the container: ``GRNMlp(*block.mlp)`` names the positions, and
 ``GRNMlp.build(...)`` creates the layers in that order. The plain forward,
 the recomputation segments and the fused inference path all use the names.
 """
+import contextlib
 from typing import List, NamedTuple, Sequence, Tuple
 
 import torch
@@ -56,6 +57,20 @@ def chain(modules, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def keep_half(x: torch.Tensor):
+    """A context in which an operation on ``x``, a half-precision map under
+    autocast, runs in ``x``'s dtype (or, with float32 operands, reads ``x``
+    as it goes) instead of on a float32 copy of ``x``: GPU autocast makes
+    one for the ops of its float32 list (``layer_norm``, ``sum``) and
+    promotions (``addcmul`` with float32 parameters), a cast over the whole
+    map, kept for the backward where the op needs its input. The kernels
+    accumulate half inputs in float32. Otherwise a no-op context."""
+    device = x.device.type
+    if x.dtype in HALF_DTYPES and torch.is_autocast_enabled(device):
+        return torch.autocast(device, enabled=False)
+    return contextlib.nullcontext()
+
+
 def autocast_input(x: torch.Tensor) -> torch.Tensor:
     """``x`` in autocast's dtype when autocast is on for its device and
     ``x`` is float32 (a norm's output), else ``x``: one cast where each of
@@ -102,7 +117,7 @@ def layer_norm_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     device = x.device.type
     if device != 'cpu' and x.dtype in HALF_DTYPES and \
             torch.is_autocast_enabled(device):
-        with torch.autocast(device, enabled=False):
+        with keep_half(x):
             out = F.layer_norm(x.permute(0, 2, 3, 1), weight.shape,
                                weight.to(x.dtype), bias.to(x.dtype), eps)
     else:
@@ -138,8 +153,12 @@ class LayerScale(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x):
-        return torch.addcmul(
-            self.bias.view(1, -1, 1, 1), x, self.weight.view(1, -1, 1, 1))
+        # a half x is read as it is (GPU autocast would keep a float32 copy
+        # for the backward: ~340 MB in an OverLoCK-T step at 800x1216,
+        # fp16); the float32 result is the same
+        with keep_half(x):
+            return torch.addcmul(self.bias.view(1, -1, 1, 1), x,
+                                 self.weight.view(1, -1, 1, 1))
 
 
 class GRN(nn.Module):
@@ -410,8 +429,11 @@ class DilatedReparamBlock(nn.Module):
         ys = [self.lk_origin(x)] + [conv(x) for _, conv, _ in
                                     self._branch_layers()]
         out = stacked_batch_norm(torch.cat(ys, 1), bns)
-        return out.view(out.shape[0], len(ys), -1,
-                        *out.shape[2:]).sum(1)
+        out = out.view(out.shape[0], len(ys), -1, *out.shape[2:])
+        # in the branches' dtype, as their chain of additions: GPU autocast
+        # would sum a float32 copy of all of them
+        with keep_half(out):
+            return out.sum(1)
 
     def _merge(self) -> Tuple[torch.Tensor, torch.Tensor]:
         weight, bias = fuse_conv_bn(self.lk_origin.weight, None,

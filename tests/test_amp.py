@@ -114,3 +114,42 @@ def test_norm_output_cast_once_for_all_branches():
     with torch.autocast('cpu', dtype=torch.bfloat16):
         ref = block(x.detach().to(torch.bfloat16))
     torch.testing.assert_close(out, ref)
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_layer_scale_keeps_half_input(dtype):
+    """A LayerScale on a half map under autocast: the float32 result and
+    gradients of GPU autocast's promotion (a float32 copy of the map, kept
+    for the backward; ``tests/test_cuda_dispatch.py`` checks it is not
+    made), bit for bit, keeping the half map itself."""
+    from overlock.layers import LayerScale
+    torch.manual_seed(0)
+    ls = LayerScale(8, 0.5)
+    with torch.no_grad():
+        ls.weight.normal_()
+        ls.bias.normal_()
+    x = torch.randn(2, 8, 5, 6).to(dtype).requires_grad_()
+    g = torch.randn(2, 8, 5, 6)
+    results, kept = [], []
+
+    def pack(t):
+        kept.append(t)
+        return t
+
+    for ours in (True, False):
+        ls.zero_grad()
+        x.grad = None
+        kept.clear()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            if ours:
+                with torch.autocast('cpu', dtype=dtype):
+                    out = ls(x)
+            else:  # what GPU autocast does: x promoted to a float32 copy
+                out = torch.addcmul(ls.bias.view(1, -1, 1, 1), x.float(),
+                                    ls.weight.view(1, -1, 1, 1))
+        maps = [t for t in kept if t.shape == x.shape]
+        assert [t.dtype for t in maps] == [dtype if ours else torch.float32]
+        out.backward(g)
+        results.append((out, x.grad, ls.weight.grad, ls.bias.grad))
+    for a, b in zip(*results):
+        assert a.dtype == b.dtype and torch.equal(a, b)

@@ -168,6 +168,54 @@ def test_layer_norm_half_under_cuda_autocast(quiet):
             assert norm(y).dtype == torch.float32
 
 
+def test_layer_scale_casts_no_map_under_cuda_autocast(quiet):
+    """CUDA autocast promotes ``addcmul``'s half map to a float32 copy and
+    keeps that; LayerScale reads the half map as it is (same float32
+    result, see ``tests/test_amp.py``)."""
+    from overlock.layers import LayerScale
+    fake = FakeCuda()
+    ls = fake.module(LayerScale(8, 1.))
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with fake, fake.autocast(torch.float16):
+        x = fake.randn(2, 8, 6, 7).half().requires_grad_()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+                Record() as rec:
+            out = ls(x)
+        # what autocast alone does
+        with Record() as plain:
+            torch.addcmul(ls.bias.view(1, -1, 1, 1), x,
+                          ls.weight.view(1, -1, 1, 1))
+    assert out.dtype == torch.float32
+    assert not rec.named('aten._to_copy')
+    assert [c[2][0].shape for c in plain.named('aten._to_copy')] == [x.shape]
+    assert [t.dtype for t in saved if t.shape == x.shape] == [torch.float16]
+
+
+def test_dilated_block_sums_in_half_under_cuda_autocast(quiet):
+    """The dilated re-param block's stacked branches are summed in their
+    half dtype, as the per-branch chain of additions does (CUDA autocast
+    would sum a float32 copy of all of them)."""
+    from overlock.layers import DilatedReparamBlock
+    fake = FakeCuda()
+    block = fake.module(DilatedReparamBlock(8, 7)).train()
+    with fake, fake.autocast(torch.float16):
+        x = fake.randn(2, 8, 12, 12).half().requires_grad_()
+        with Record() as rec:
+            out = block(x)
+        with overlock.options(reference=True):
+            chained = block(x)
+    assert out.dtype == chained.dtype == torch.float16
+    assert rec.named('aten.sum')
+    # only parameters are cast, never a map
+    for _, _, (t, *_), _ in rec.named('aten._to_copy'):
+        assert t.shape[0] == 8 and t[0].numel() <= 7 * 7, t.shape
+
+
 def test_fake_cuda_autocast_restores_state():
     fake = FakeCuda()
     assert not torch.is_autocast_enabled('cuda')
