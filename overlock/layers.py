@@ -8,6 +8,7 @@ the order in the container: ``GRNMlp(*block.mlp)`` names the positions, and
 the recomputation segments and the fused inference path all use the names.
 """
 import contextlib
+import functools
 from typing import List, NamedTuple, Sequence, Tuple
 
 import torch
@@ -17,7 +18,9 @@ from torch import nn
 from .config import settings
 from .ops.cpu import spatial_l2_norm
 from .ops.dwconv import depthwise_conv2d, dilate_kernel
-from .reparam import cached, fuse_conv_bn, use_folded, with_identity
+from .ops.contmix import outside_inference_mode
+from .reparam import (cached, exporting, fuse_conv_bn, use_folded,
+                      with_identity)
 
 try:  # timm >= 0.9
     from timm.layers import DropPath
@@ -200,7 +203,16 @@ def _grn_scale(gx, gamma, eps: float):
     ``scale = 1 + gamma * nx``."""
     mean = gx.mean(dim=1, keepdim=True).add_(eps)
     nx = gx / mean
-    return mean, nx, torch.addcmul(torch.ones_like(gamma), gamma, nx)
+    # a cached 1 (no launch for a fresh tensor of ones); traced: a constant
+    one = gamma.new_ones(()) if exporting() else \
+        _one(gamma.dtype, gamma.device)
+    return mean, nx, torch.addcmul(one, gamma, nx)
+
+
+@functools.lru_cache(maxsize=16)
+def _one(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    with outside_inference_mode():
+        return torch.ones((), dtype=dtype, device=device)
 
 
 class _GRNFunction(torch.autograd.Function):
