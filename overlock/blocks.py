@@ -77,12 +77,12 @@ def _grn_mlp_tail(block: Recompute, mlp: GRNMlp, h):
     inside, not even the convolution's input: the backward's recomputation
     stops once it has rebuilt that input (the checkpoint's early stop; a
     convolution packs its input before it runs), so the convolution does
-    not run twice. One map fewer kept per segment; no operation more for
-    ``fc1`` and ``fc2``, while for ``fusion.fc`` and ``proj.conv`` the
-    recomputation now also runs the GELU / the product before them (30
-    operations per OverLoCK-T step). All four: 3,573 -> 2,701 MB kept by
-    an OverLoCK-T training forward at 800x1216, batch 2, fp16 autocast
-    (6,061 -> 4,316 MB in float32).
+    not run twice. One map fewer kept per segment (an OverLoCK-T training
+    forward at 800x1216, batch 2: -870 MB under fp16 autocast, -1,745 MB in
+    float32); the recomputation also runs the GELU / the product before
+    ``fusion.fc`` / ``proj.conv`` (30 operations per step) and, under
+    autocast, casts the four convolutions' parameters again (autocast's
+    cache does not outlive the forward).
     """
     return block._cheap([mlp.act, mlp.dwconv, mlp.grn, mlp.fc2], h)
 

@@ -113,10 +113,10 @@ def layer_norm_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     Under autocast off the CPU, a half-precision ``x`` is normalised in its
     own dtype (float32 statistics: the kernels accumulate in float32), not
     on the float32 copy GPU autocast would make, keep for the backward and
-    return (its readers, convolutions, cast it back to half): ~350 MB less
-    kept in an OverLoCK-T training step at 800x1216, batch 2, and two casts
-    of the map fewer each way. CPU autocast runs ``layer_norm`` in the
-    input's dtype already."""
+    return (its readers, convolutions, cast it back to half): ~180 MB less
+    kept in an OverLoCK-T training step at 800x1216, batch 2, and a cast
+    of the map each way replaced by two of the parameters. CPU autocast
+    runs ``layer_norm`` in the input's dtype already."""
     device = x.device.type
     if device != 'cpu' and x.dtype in HALF_DTYPES and \
             torch.is_autocast_enabled(device):
