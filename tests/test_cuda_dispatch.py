@@ -136,12 +136,9 @@ def test_triton_depthwise_kernels_on_cuda(quiet):
         assert x.is_contiguous() and x.dtype == w.dtype == torch.float16
 
 
-def test_layer_norm_half_under_cuda_autocast(quiet):
-    """CUDA autocast would normalise a float32 copy of a half map, keep it
-    for the backward and return float32; LayerNorm2d normalises the half
-    map (float32 statistics inside the kernel) and keeps no float32 map."""
-    fake = FakeCuda()
-    norm = fake.module(LayerNorm2d(8))
+def _half_forward(fake, module):
+    """``module`` on a fake half CUDA map under CUDA fp16 autocast:
+    ``(input, output, Record, tensors kept for the backward)``."""
     saved = []
 
     def pack(t):
@@ -152,7 +149,17 @@ def test_layer_norm_half_under_cuda_autocast(quiet):
         x = fake.randn(2, 8, 6, 7).half().requires_grad_()
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
                 Record() as rec:
-            out = norm(x)
+            out = module(x)
+    return x, out, rec, saved
+
+
+def test_layer_norm_half_under_cuda_autocast(quiet):
+    """CUDA autocast would normalise a float32 copy of a half map, keep it
+    for the backward and return float32; LayerNorm2d normalises the half
+    map (float32 statistics inside the kernel) and keeps no float32 map."""
+    fake = FakeCuda()
+    norm = fake.module(LayerNorm2d(8))
+    x, out, rec, saved = _half_forward(fake, norm)
     assert out.dtype == torch.float16 and out.is_contiguous()
     casts = rec.named('aten._to_copy')
     # only the parameters are cast (8 values each), never the map
@@ -175,17 +182,8 @@ def test_layer_scale_casts_no_map_under_cuda_autocast(quiet):
     from overlock.layers import LayerScale
     fake = FakeCuda()
     ls = fake.module(LayerScale(8, 1.))
-    saved = []
-
-    def pack(t):
-        saved.append(t)
-        return t
-
+    x, out, rec, saved = _half_forward(fake, ls)
     with fake, fake.autocast(torch.float16):
-        x = fake.randn(2, 8, 6, 7).half().requires_grad_()
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
-                Record() as rec:
-            out = ls(x)
         # what autocast alone does
         with Record() as plain:
             torch.addcmul(ls.bias.view(1, -1, 1, 1), x,
