@@ -8,7 +8,6 @@ the order in the container: ``GRNMlp(*block.mlp)`` names the positions, and
 the recomputation segments and the fused inference path all use the names.
 """
 import contextlib
-import functools
 from typing import List, NamedTuple, Sequence, Tuple
 
 import torch
@@ -18,7 +17,7 @@ from torch import nn
 from .config import settings
 from .ops.cpu import spatial_l2_norm
 from .ops.dwconv import depthwise_conv2d, dilate_kernel
-from .ops.contmix import outside_inference_mode
+from .ops.contmix import cache_unless_compiling, outside_inference_mode
 from .reparam import (cached, exporting, fuse_conv_bn, use_folded,
                       with_identity)
 
@@ -209,7 +208,7 @@ def _grn_scale(gx, gamma, eps: float):
     return mean, nx, torch.addcmul(one, gamma, nx)
 
 
-@functools.lru_cache(maxsize=16)
+@cache_unless_compiling(maxsize=16)
 def _one(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     with outside_inference_mode():
         return torch.ones((), dtype=dtype, device=device)

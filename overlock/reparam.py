@@ -7,14 +7,13 @@ no autograd, the ``fast_inference`` switch on, not the reference mode, and
 not while tracing, scripting, exporting or compiling (there the plain layers
 run, so a traced graph holds the real parameters, not cached constants).
 """
-import functools
 from typing import Callable, Optional, Tuple
 
 import torch
 from torch import nn
 
 from .config import settings
-from .ops.contmix import outside_inference_mode
+from .ops.contmix import cache_unless_compiling, outside_inference_mode
 from .ops.dwconv import dilate_kernel
 
 __all__ = [
@@ -53,7 +52,7 @@ def _identity_tap(weight: torch.Tensor) -> torch.Tensor:
     return delta
 
 
-@functools.lru_cache(maxsize=32)
+@cache_unless_compiling(maxsize=32)
 def _centre_tap(shape: Tuple[int, ...], dtype: torch.dtype,
                 device: torch.device) -> torch.Tensor:
     with outside_inference_mode():

@@ -214,6 +214,19 @@ def test_dilated_block_sums_in_half_under_cuda_autocast(quiet):
         assert t.shape[0] == 8 and t[0].numel() <= 7 * 7, t.shape
 
 
+def test_fake_cuda_leaves_no_cached_constants(quiet):
+    """The constant tensors OverLoCK caches per device (here fake
+    ``cuda:0`` ones) are dropped when the fake mode is left: real CUDA
+    tensors of a later test in the process must not meet them."""
+    from overlock.ops.contmix import _CACHES, bias_index
+    fake = FakeCuda()
+    model = fake.module(OverLoCK(TINY_ARCH, fuse_overview=True)).train()
+    with fake:
+        model(fake.randn(1, 3, *SIZE))
+        assert bias_index.cache_info().currsize > 0
+    assert all(c.cache_info().currsize == 0 for c in _CACHES)
+
+
 def test_fake_cuda_autocast_restores_state():
     fake = FakeCuda()
     assert not torch.is_autocast_enabled('cuda')

@@ -17,7 +17,8 @@ from ..config import (reference_mode, set_accelerators, set_contmix_mode,
                       set_cpu_conv_mode, set_reference_mode)
 from .accelerators import accelerator_status
 from .autotune import AutoTuner
-from .contmix import (aggregate_window_major, bias_index, contmix_aggregate,
+from .contmix import (aggregate_window_major, bias_index, clear_caches,
+                      contmix_aggregate,
                       contmix_aggregate_reference, contmix_size,
                       neighborhood_bias, neighborhood_bias_index,
                       neighborhood_starts)
@@ -28,7 +29,7 @@ __all__ = [
     'contmix_aggregate', 'contmix_aggregate_reference',
     'aggregate_window_major', 'neighborhood_starts',
     'neighborhood_bias_index', 'bias_index', 'neighborhood_bias',
-    'contmix_size',
+    'contmix_size', 'clear_caches',
     'depthwise_conv2d', 'dilate_kernel', 'conv_act', 'is_channels_last',
     'spatial_l2_norm', 'accelerator_status', 'AutoTuner', 'set_accelerators',
     'set_contmix_mode', 'set_cpu_conv_mode', 'set_reference_mode',

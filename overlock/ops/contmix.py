@@ -104,12 +104,19 @@ def outside_inference_mode():
         torch.is_inference_mode_enabled() else contextlib.nullcontext()
 
 
+#: every cache of :func:`cache_unless_compiling` (see :func:`clear_caches`)
+_CACHES = []
+
+
 def cache_unless_compiling(maxsize: int):
-    """``functools.lru_cache(maxsize)``, bypassed while dynamo traces (it
-    would trace through the cache anyway, and warn on every compilation
-    that it does)."""
+    """``functools.lru_cache(maxsize)`` for the constant tensors built per
+    size, dtype and device (index maps, one-hot maps, kernel taps),
+    bypassed while dynamo traces (it would trace through the cache anyway,
+    and warn on every compilation that it does), emptied by
+    :func:`clear_caches`."""
     def decorate(fn):
         cached = functools.lru_cache(maxsize=maxsize)(fn)
+        _CACHES.append(cached)
 
         @functools.wraps(fn)
         def call(*args):
@@ -121,6 +128,15 @@ def cache_unless_compiling(maxsize: int):
             cached.cache_info
         return call
     return decorate
+
+
+def clear_caches() -> None:
+    """Empty the caches of constant tensors of every device: frees their
+    memory, and is needed where a device's tensors are swapped for others
+    of the same device name (fake CUDA tensors of
+    ``tools/analysis/fake_cuda.py`` and real ones, which cannot meet)."""
+    for cached in _CACHES:
+        cached.cache_clear()
 
 
 @cache_unless_compiling(maxsize=64)
@@ -290,7 +306,7 @@ def _slices_backward(attn_t, value, kernel_size, grad_out, need_attn,
 _BAND_BLOCK = 32
 
 
-@functools.lru_cache(maxsize=256)
+@cache_unless_compiling(maxsize=256)
 def _band_blocks(width: int, kernel_size: int, device: torch.device):
     """Column blocks: ``(output columns, value columns, local window
     index (wb, K))``."""

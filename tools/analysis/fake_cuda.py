@@ -27,27 +27,30 @@ from torch import nn
 __all__ = ['FakeCuda']
 
 
-#: one mode for the process: the model caches small constant tensors per
-#: device (``functools.lru_cache``), and tensors of two fake modes cannot meet
-_MODE = None
+def _clear_caches():
+    """OverLoCK caches constant tensors per device (``cuda:0`` for fake and
+    real tensors alike, which cannot meet, nor can two fake modes' ones)."""
+    from overlock.ops import clear_caches
+    clear_caches()
 
 
 class FakeCuda:
-    """A fake-tensor mode whose tensors live on ``cuda:0`` (every instance
-    shares the process's one mode)."""
+    """A fake-tensor mode whose tensors live on ``cuda:0``. Entering and
+    leaving it empties OverLoCK's caches of constant tensors."""
 
     def __init__(self):
-        global _MODE
-        if _MODE is None:
-            from torch._subclasses.fake_tensor import FakeTensorMode
-            _MODE = FakeTensorMode()
-        self.mode = _MODE
+        from torch._subclasses.fake_tensor import FakeTensorMode
+        self.mode = FakeTensorMode()
 
     def __enter__(self):
+        _clear_caches()
         return self.mode.__enter__()
 
     def __exit__(self, *exc):
-        return self.mode.__exit__(*exc)
+        try:
+            return self.mode.__exit__(*exc)
+        finally:
+            _clear_caches()
 
     def tensor(self, t: torch.Tensor) -> torch.Tensor:
         """A fake CUDA copy of a real tensor (same dtype, shape, strides
