@@ -17,7 +17,7 @@ from torch import nn
 from .config import settings
 from .ops.cpu import spatial_l2_norm
 from .ops.dwconv import depthwise_conv2d, dilate_kernel
-from .ops.contmix import cache_unless_compiling, outside_inference_mode
+from .ops.caching import cache_unless_compiling, outside_inference_mode
 from .reparam import (cached, exporting, fuse_conv_bn, use_folded,
                       with_identity)
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .config import settings
-from .ops.contmix import cache_unless_compiling, outside_inference_mode
+from .ops.caching import cache_unless_compiling, outside_inference_mode
 from .ops.dwconv import dilate_kernel
 
 __all__ = [

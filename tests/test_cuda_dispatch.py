@@ -218,7 +218,8 @@ def test_fake_cuda_leaves_no_cached_constants(quiet):
     """The constant tensors OverLoCK caches per device (here fake
     ``cuda:0`` ones) are dropped when the fake mode is left: real CUDA
     tensors of a later test in the process must not meet them."""
-    from overlock.ops.contmix import _CACHES, bias_index
+    from overlock.ops.caching import _CACHES
+    from overlock.ops.contmix import bias_index
     fake = FakeCuda()
     model = fake.module(OverLoCK(TINY_ARCH, fuse_overview=True)).train()
     with fake:

@@ -8,7 +8,8 @@
 * :mod:`.cpu`: inference-only oneDNN convolutions with post-ops, layout
   helpers, the spatial L2 norm;
 * :mod:`.accelerators`: lazy lookup of the optional CUDA packages;
-* :mod:`.autotune`: the per-shape timing choice, bounded cache.
+* :mod:`.autotune`: the per-shape timing choice, bounded cache;
+* :mod:`.caching`: the caches of constant tensors (:func:`clear_caches`).
 
 Switches live in :mod:`overlock.config`; the setters are re-exported here
 for convenience.
@@ -17,8 +18,8 @@ from ..config import (reference_mode, set_accelerators, set_contmix_mode,
                       set_cpu_conv_mode, set_reference_mode)
 from .accelerators import accelerator_status
 from .autotune import AutoTuner
-from .contmix import (aggregate_window_major, bias_index, clear_caches,
-                      contmix_aggregate,
+from .caching import clear_caches
+from .contmix import (aggregate_window_major, bias_index, contmix_aggregate,
                       contmix_aggregate_reference, contmix_size,
                       neighborhood_bias, neighborhood_bias_index,
                       neighborhood_starts)
