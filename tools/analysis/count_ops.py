@@ -93,8 +93,8 @@ def count(impl, arch, flavour, mode, size, batch, dtype='fp32',
     step (after one uncounted; the bytes: 0 in eval)."""
     import torch
     torch.manual_seed(0)
-    fake = device == 'fake-cuda'
-    if fake:
+    fake = None
+    if device == 'fake-cuda':
         from fake_cuda import FakeCuda
         fake = FakeCuda()
         model = fake.module(build(impl, arch, flavour, 'cpu', size))
@@ -104,6 +104,7 @@ def count(impl, arch, flavour, mode, size, batch, dtype='fp32',
     else:
         model = build(impl, arch, flavour, device, size)
         x = torch.randn(batch, 3, *size, device=device)
+        amp = lambda: autocast(device, dtype)  # noqa: E731
     model.train(mode == 'train')
 
     packed = []  # weak references to what the forward saved
@@ -116,7 +117,7 @@ def count(impl, arch, flavour, mode, size, batch, dtype='fp32',
 
     def step():
         packed.clear()
-        with (amp() if fake else autocast(device, dtype)):
+        with amp():
             if mode == 'eval':
                 with torch.no_grad():
                     return model(x)
@@ -125,7 +126,7 @@ def count(impl, arch, flavour, mode, size, batch, dtype='fp32',
                 outs = model(x)
             saved.append(_kept_bytes(packed))
             loss = sum(o.float().mean() for o in outs)
-        if fake:  # the backward needs a CUDA context
+        if fake is not None:  # the backward needs a CUDA context
             return
         loss.backward()
         model.zero_grad(set_to_none=True)
