@@ -13,11 +13,12 @@ PY = sys.executable
 TOOLS = os.path.join(ROOT, 'tools', 'analysis')
 
 
-def _run(args, timeout=600):
+def _run(args, timeout=600, env=None):
     proc = subprocess.run([PY] + args, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True,
                           timeout=timeout,
-                          env=dict(os.environ, PYTHONWARNINGS='ignore'))
+                          env=dict(os.environ, PYTHONWARNINGS='ignore',
+                                   **(env or {})))
     assert proc.returncode == 0, proc.stdout[-6000:]
     return proc.stdout
 
@@ -143,3 +144,38 @@ def test_count_ops_tool_fake_cuda(tmp_path):
     # what the training forward keeps for the backward, at 256x320
     assert 0 < rows[3]['saved_mb'] < rows[2]['saved_mb']
     assert 'training rows are the forward only' in text
+
+
+def test_depthwise_gpu_benchmark_shapes_and_table(tmp_path):
+    """``bench_dwconv_gpu.py``: every depthwise convolution shape of the
+    model (large kernels, dilated branches, 3x3) with its layer count, and
+    the ATen / Triton table (on CPU through the interpreter: a smoke test,
+    one shape)."""
+    pytest.importorskip('triton')
+    sys.path.insert(0, TOOLS)
+    import torch
+
+    import bench_dwconv_gpu
+    from overlock.layers import DILATED_BRANCHES
+    shapes = bench_dwconv_gpu.model_shapes('xt', (64, 64), 1,
+                                           torch.device('cpu'))
+    # stage 1 of XT: 16x16 maps of 56 channels, a 17x17 large kernel and
+    # its dilated branches, one per Base-Net block (2)
+    stage1 = {(k, d): n for (c, h, w, k, d), n in shapes.items()
+              if (c, h, w) == (56, 16, 16)}
+    assert stage1[(17, 1)] == 2
+    assert set(DILATED_BRANCHES[17]) <= set(stage1)
+    out = tmp_path / 'dw.json'
+    text = _run([os.path.join(TOOLS, 'bench_dwconv_gpu.py'), '--arch', 'xt',
+                 '--size', '32', '32', '--batch', '1', '--dtype', 'fp16',
+                 '--device', 'cpu', '--repeats', '1', '--warmup', '0',
+                 '--limit', '1', '--json', str(out)],
+                env=dict(TRITON_INTERPRET='1'))
+    res = json.loads(out.read_text())
+    assert len(res['rows']) == 1
+    row = res['rows'][0]
+    assert row['dtype'] == 'fp16' and row['layers'] > 0
+    assert all(row[impl][p] > 0 for impl in ('aten', 'triton')
+               for p in ('fwd', 'dx', 'dw'))
+    assert set(res['totals']['fp16']) == {'aten', 'triton', 'best'}
+    assert 'interpreter' in text

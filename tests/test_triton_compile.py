@@ -22,8 +22,12 @@ pytest.importorskip('triton')
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, 'tools', 'analysis', 'triton_compile.py')
 DTYPES = ('fp32', 'fp16', 'bf16')
-KERNELS = {'conv_kernel', 'weight_grad_kernel', 'forward_kernel',
-           'grad_attn_kernel', 'grad_value_kernel'}
+CONTMIX = {'forward_kernel', 'grad_attn_kernel', 'grad_value_kernel'}
+#: float32 depthwise convolutions take the direct kernels, float16 and
+#: bfloat16 the tensor-core ones
+KERNELS = {'fp32': CONTMIX | {'conv_kernel', 'weight_grad_kernel'},
+           'fp16': CONTMIX | {'conv_dot_kernel', 'weight_grad_dot_kernel'},
+           'bf16': CONTMIX | {'conv_dot_kernel', 'weight_grad_dot_kernel'}}
 
 
 @pytest.fixture(scope='module')
@@ -45,7 +49,8 @@ def test_every_launched_variant_compiles_for_sm90_without_spills(compiled):
     assert compiled['failures'] == []
     assert {r['dtype'] for r in rows} == set(DTYPES)
     for dtype in DTYPES:
-        assert {r['kernel'] for r in rows if r['dtype'] == dtype} == KERNELS
+        assert {r['kernel'] for r in rows if r['dtype'] == dtype} == \
+            KERNELS[dtype]
     assert all(r['cc'] == 90 for r in rows)
     assert all(r['local'] == 0 and r['stack'] == 0 for r in rows), [
         r['variant'] for r in rows if r['local'] or r['stack']]
@@ -73,9 +78,10 @@ def test_training_step_sends_every_depthwise_conv_to_triton(compiled):
                     for r in rows if r['kernel'] == kernel and all(
                         r['constexprs'][k] == v for k, v in match.items())}
 
-        assert taps('conv_kernel', FLIP=False) == want, dtype  # forward
-        assert taps('conv_kernel', FLIP=True) == want, dtype  # input grad
-        assert taps('weight_grad_kernel') == want, dtype
+        dot = '' if dtype == 'fp32' else '_dot'
+        assert taps(f'conv{dot}_kernel', FLIP=False) == want, dtype  # fwd
+        assert taps(f'conv{dot}_kernel', FLIP=True) == want, dtype  # grad x
+        assert taps(f'weight_grad{dot}_kernel') == want, dtype
         for kernel in ('forward_kernel', 'grad_attn_kernel',
                        'grad_value_kernel'):
             assert {k for k, _ in taps(kernel)} == contmix_sizes, kernel

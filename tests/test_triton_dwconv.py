@@ -66,7 +66,7 @@ SHAPES = [
 #: every (K, dilation) the model's dilated branches use, float32
 BRANCHES = sorted({kd for v in DILATED_BRANCHES.values() for kd in v} -
                   {(s[4], s[5]) for s in SHAPES})
-#: the large kernels of the official archs (float32: interpreted K*K loops)
+#: the large kernels of the official archs
 LARGE = [(1, 1, 18, 17, 17, 1), (1, 1, 15, 16, 15, 1), (1, 2, 13, 14, 13, 1)]
 
 
@@ -77,7 +77,7 @@ def _ids(p):
 @pytest.mark.parametrize('shape,dtype', [
     (s, d) for s in SHAPES for d in TOL] + [
     ((1, 2, 2 * d * (k // 2) + 3, 2 * d * (k // 2) + 2, k, d), torch.float32)
-    for k, d in BRANCHES] + [(s, torch.float32) for s in LARGE], ids=_ids)
+    for k, d in BRANCHES] + [(s, d) for s in LARGE for d in TOL], ids=_ids)
 def test_triton_dwconv_equals_float64_reference(shape, dtype):
     *dims, k, dilation = shape
     x, weight, bias, go = _case(*dims, k)
@@ -99,6 +99,89 @@ def test_weight_grad_split_reduction_is_deterministic_and_exact():
     assert torch.equal(*grads)
     _, _, want, _ = _reference(x, weight, torch.zeros(2, dtype=x.dtype), go, 1)
     assert _rel(grads[0], want) < 1e-5
+
+
+def _ulp(ref: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The spacing of ``dtype``'s numbers at each value of ``ref``."""
+    info = torch.finfo(dtype)
+    _, exp = torch.frexp(ref)  # |ref| in [2^(exp-1), 2^exp)
+    digits = {torch.float16: 11, torch.bfloat16: 8}[dtype]
+    return torch.ldexp(torch.ones_like(ref), exp - digits).clamp_min(
+        info.smallest_normal * info.eps)
+
+
+#: (N, C, H, W, K, dilation): two row tiles of 64 and a ragged one, several
+#: column tiles, a 64-column band (K = 19), dilated branches, maps smaller
+#: than a tile
+DOT_SHAPES = [(2, 2, 70, 37, 7, 2), (1, 1, 20, 41, 19, 1),
+              (2, 3, 9, 11, 3, 7), (1, 2, 17, 5, 5, 1)]
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16],
+                         ids=str)
+@pytest.mark.parametrize('shape', DOT_SHAPES, ids=_ids)
+def test_tensor_core_kernels_round_the_exact_result_once(shape, dtype):
+    """float16 / bfloat16 take the tensor-core kernels (``tl.dot`` with the
+    banded weight matrix): products of two half-precision numbers are exact
+    in float32, so each output, input gradient and weight gradient is the
+    exact (float64) result of the rounded inputs, up to float32 summation
+    (1e-6 of the sum of the products' magnitudes) and one rounding to
+    ``dtype`` (1 ulp)."""
+    from overlock.ops import triton_dwconv
+    assert triton_dwconv.uses_tensor_cores(dtype)
+    assert not triton_dwconv.uses_tensor_cores(torch.float32)
+    *dims, k, dil = shape
+    x, weight, bias, go = (t.to(dtype) for t in _case(*dims, k, seed=7))
+    pad = dil * (k - 1) // 2
+    c = x.shape[1]
+
+    def exact(a, b, conv):  # the float64 result and the magnitudes' sum
+        a, b = a.double(), b.double()
+        return conv(a, b), conv(a.abs(), b.abs())
+
+    def fwd(a, w):
+        return F.conv2d(a, w, None, 1, pad, dil, c)
+
+    def wgrad(a, g):
+        return torch.nn.grad.conv2d_weight(a, (c, 1, k, k), g, 1, pad, dil,
+                                           c)
+
+    dev = [t.to(DEVICE) for t in (x, weight, bias, go)]
+    got = {
+        'out': triton_dwconv.forward(*dev[:3], pad, dil),
+        'grad x': triton_dwconv.input_grad(dev[3], dev[1], pad, dil),
+        'grad weight': triton_dwconv.weight_grad(dev[0], dev[3], k, pad,
+                                                 dil)}
+    want = {'out': exact(x, weight, fwd),
+            'grad x': exact(go, weight.flip(-1, -2), fwd),
+            'grad weight': exact(x, go, wgrad)}
+    b = bias.double().view(1, -1, 1, 1)
+    want['out'] = (want['out'][0] + b, want['out'][1] + b.abs())
+    for name, (ref, mag) in want.items():
+        g = got[name].cpu()
+        assert g.dtype == dtype and g.shape == ref.shape, name
+        err = (g.double() - ref).abs()
+        bound = _ulp(ref, dtype) + 1e-6 * mag
+        assert (err <= bound).all(), (name, (err / bound).max().item())
+
+
+def test_tensor_core_weight_grad_splits_are_deterministic():
+    """The tensor-core weight gradient over several splits of the tiles
+    (each a float32 partial, added in a fixed order): the same bits twice,
+    and the same numbers with one split."""
+    from overlock.ops import triton_dwconv
+    x, _, _, go = (t.half().to(DEVICE) for t in _case(2, 1, 40, 40, 5,
+                                                      seed=8))
+    grads = [triton_dwconv.weight_grad(x, go, 5, 2, 1) for _ in range(2)]
+    assert torch.equal(*grads)
+    old = triton_dwconv._TARGET_PROGRAMS
+    try:
+        triton_dwconv._TARGET_PROGRAMS = 1
+        one = triton_dwconv.weight_grad(x, go, 5, 2, 1)
+    finally:
+        triton_dwconv._TARGET_PROGRAMS = old
+    assert (one.double() - grads[0].double()).abs().max() <= \
+        _ulp(grads[0].double(), torch.float16).max()
 
 
 def test_autocast_casts_to_the_autocast_dtype():

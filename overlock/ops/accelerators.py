@@ -79,6 +79,34 @@ def igemm_functions():
     return _igemm or None
 
 
+def interpreter_bf16_dot() -> None:
+    """Make Triton's interpreter multiply bfloat16 ``tl.dot`` operands as
+    numbers. It keeps bfloat16 blocks as their raw 16 bits (numpy has no
+    bfloat16) and its ``create_dot`` multiplies those integers (triton
+    3.7). Widening both operands to float32 first is exact, and so are
+    their products; the compiled kernels are not affected. Applied once,
+    on importing :mod:`.triton_dwconv` with ``TRITON_INTERPRET=1``."""
+    from triton.runtime import interpreter
+    builder = interpreter.InterpreterBuilder
+    if getattr(builder.create_dot, '_overlock_bf16', False):
+        return
+    import numpy as np
+    import triton.language as tl
+    original = builder.create_dot
+
+    def widen(t):
+        if t.dtype.scalar != tl.bfloat16:
+            return t
+        bits = t.data.astype(np.uint32) << 16
+        return interpreter.TensorHandle(bits.view(np.float32), tl.float32)
+
+    def create_dot(self, a, b, d, *args, **kwargs):
+        return original(self, widen(a), widen(b), d, *args, **kwargs)
+
+    create_dot._overlock_bf16 = True
+    builder.create_dot = create_dot
+
+
 def _load_triton(name='triton_contmix'):
     """The Triton module ``overlock.ops.<name>``, or ``None`` when triton
     cannot be imported (looked up once)."""
