@@ -40,6 +40,7 @@ from ..config import settings
 from .accelerators import natten_av, triton_kernels
 from .autotune import AutoTuner
 from .caching import cache_unless_compiling, outside_inference_mode
+from .dispatch import direct
 
 __all__ = [
     'contmix_aggregate', 'contmix_aggregate_reference',
@@ -384,9 +385,8 @@ def aggregate_window_major(attn: torch.Tensor, value: torch.Tensor,
 _HALF = (torch.float16, torch.bfloat16)
 
 
-@torch.library.custom_op('overlock::contmix_aggregate', mutates_args=())
-def _aggregate_op(attn: torch.Tensor, value: torch.Tensor,
-                  kernel_size: int) -> torch.Tensor:
+def _aggregate_impl(attn: torch.Tensor, value: torch.Tensor,
+                    kernel_size: int) -> torch.Tensor:
     kernels = triton_kernels(value)
     if kernels is not None:
         return kernels.forward(attn, value, kernel_size).contiguous()
@@ -402,18 +402,20 @@ def _aggregate_op(attn: torch.Tensor, value: torch.Tensor,
                            out).to(dtype).contiguous()
 
 
+_aggregate_op = torch.library.custom_op(
+    'overlock::contmix_aggregate', mutates_args=())(_aggregate_impl)
+
+
 @_aggregate_op.register_fake
 def _(attn, value, kernel_size):
     return torch.empty_like(value, memory_format=torch.contiguous_format)
 
 
-@torch.library.custom_op('overlock::contmix_aggregate_backward',
-                         mutates_args=())
-def _aggregate_backward_op(grad_out: torch.Tensor, attn: torch.Tensor,
-                           value: torch.Tensor, kernel_size: int,
-                           need_attn: bool,
-                           need_value: bool) -> Tuple[torch.Tensor,
-                                                      torch.Tensor]:
+def _aggregate_backward_impl(grad_out: torch.Tensor, attn: torch.Tensor,
+                             value: torch.Tensor, kernel_size: int,
+                             need_attn: bool,
+                             need_value: bool) -> Tuple[torch.Tensor,
+                                                        torch.Tensor]:
     grad_out = grad_out.contiguous()
     kernels = triton_kernels(value)
     dtype, attn_dtype = value.dtype, attn.dtype
@@ -438,6 +440,29 @@ def _aggregate_backward_op(grad_out: torch.Tensor, attn: torch.Tensor,
             else value.new_empty(0, dtype=dtype))
 
 
+_aggregate_backward_op = torch.library.custom_op(
+    'overlock::contmix_aggregate_backward',
+    mutates_args=())(_aggregate_backward_impl)
+
+
+def aggregate(attn: torch.Tensor, value: torch.Tensor,
+              kernel_size: int) -> torch.Tensor:
+    """The aggregation without autograd: the implementation in eager
+    execution, else the custom op (see :mod:`.dispatch`)."""
+    fn = _aggregate_impl if direct(attn, value) else _aggregate_op
+    return fn(attn, value, kernel_size)
+
+
+def aggregate_backward(grad_out, attn, value, kernel_size: int,
+                       need_attn: bool, need_value: bool):
+    """``(grad attn, grad value)`` of the aggregation (empty where not
+    needed): the implementation in eager execution, else the custom op
+    (see :mod:`.dispatch`)."""
+    fn = _aggregate_backward_impl if direct(grad_out, attn, value) else \
+        _aggregate_backward_op
+    return fn(grad_out, attn, value, kernel_size, need_attn, need_value)
+
+
 @_aggregate_backward_op.register_fake
 def _(grad_out, attn, value, kernel_size, need_attn, need_value):
     dense = torch.contiguous_format
@@ -456,8 +481,8 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_out):
     attn, value = ctx.saved_tensors
     need_attn, need_value = ctx.needs_input_grad[:2]
-    ga, gv = _aggregate_backward_op(grad_out, attn, value, ctx.kernel_size,
-                                    need_attn, need_value)
+    ga, gv = aggregate_backward(grad_out, attn, value, ctx.kernel_size,
+                                need_attn, need_value)
     return (ga if need_attn else None, gv if need_value else None, None)
 
 
@@ -539,7 +564,10 @@ def contmix_aggregate(attn: torch.Tensor, value: torch.Tensor,
     if attn.dtype != value.dtype and not (attn.dtype == torch.float32 and
                                           value.dtype in _HALF):
         attn = attn.to(value.dtype)
-    return _aggregate_op(attn, value, kernel_size)
+    if torch.is_grad_enabled() and (attn.requires_grad or
+                                    value.requires_grad):
+        return _aggregate_op(attn, value, kernel_size)
+    return aggregate(attn, value, kernel_size)
 
 
 def contmix_aggregate_reference(attn: torch.Tensor, value: torch.Tensor,

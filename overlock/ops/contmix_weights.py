@@ -18,8 +18,8 @@ from typing import Tuple
 
 import torch
 
-from .contmix import (check_map_size, neighborhood_bias,
-                      neighborhood_bias_grad)
+from .contmix import (aggregate, aggregate_backward, check_map_size,
+                      neighborhood_bias, neighborhood_bias_grad)
 
 __all__ = ['softmax_aggregate', 'contmix_weights']
 
@@ -41,8 +41,7 @@ def contmix_weights(q: torch.Tensor, kw: torch.Tensor, proj_b: torch.Tensor,
 
 def _aggregate(attn, value, kernel_size):
     b, g, h, w, _ = value.shape
-    return torch.ops.overlock.contmix_aggregate(
-        attn.view(b, g, h, w, -1), value, kernel_size)
+    return aggregate(attn.view(b, g, h, w, -1), value, kernel_size)
 
 
 class _SoftmaxAggregate(torch.autograd.Function):
@@ -74,7 +73,7 @@ class _SoftmaxAggregate(torch.autograd.Function):
                     ((go1, weights[0], value1, small),
                      (go2, weights[1], value2, large))):
                 b, g, h, w, _ = v.shape
-                ga, gv = torch.ops.overlock.contmix_aggregate_backward(
+                ga, gv = aggregate_backward(
                     go, a.view(b, g, h, w, -1), v, k, True, needs[5 + i])
                 if needs[5 + i]:
                     grads[5 + i] = gv

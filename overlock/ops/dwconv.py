@@ -8,11 +8,12 @@
   installed (``large_kernel=True``); otherwise plain ``F.conv2d`` (cuDNN /
   ATen). Measured on an H100 (OverLoCK-T training step, 2x800x1216, every
   depthwise shape of the model timed both ways): ATen's kernels were faster
-  than the Triton kernels of :mod:`.triton_dwconv` for all 37 backward
-  shapes (1.05-6x) and 32 of 37 forward ones (Triton saved 0.5 ms in all),
-  and the custom op's dispatch cost ~0.3 ms of host time per call in a
-  host-bound step, so CUDA keeps ATen and needs no per-shape timing (which
-  would also re-run for every new image size in detection);
+  than the direct Triton kernels of :mod:`.triton_dwconv` for all 37
+  backward shapes (1.05-6x) and 32 of 37 forward ones (Triton saved 0.5 ms
+  in all), so CUDA keeps ATen and needs no per-shape timing (which would
+  also re-run for every new image size in detection). The tensor-core
+  kernels for float16 / bfloat16 came later and have not been timed there
+  (``tools/analysis/bench_dwconv_gpu.py``);
 * ``kernels='triton'`` (``OVERLOCK_KERNELS=triton``): the Triton kernels for
   every float32/16/bfloat16 tensor, also on CPU with ``TRITON_INTERPRET=1``
   (how the tests run the GPU code); ``kernels='torch'``: never;
@@ -35,6 +36,7 @@ from torch.utils.flop_counter import register_flop_formula
 
 from ..config import settings
 from .accelerators import igemm_functions, triton_kernels
+from .dispatch import direct
 from .autotune import AutoTuner
 from .cpu import is_channels_last, layout_of
 
@@ -171,10 +173,9 @@ def _triton_module(x):
     return triton_kernels(x, 'triton_dwconv')
 
 
-@torch.library.custom_op('overlock::depthwise_conv2d', mutates_args=())
-def _conv_op(x: torch.Tensor, weight: torch.Tensor,
-             bias: Optional[torch.Tensor], padding: int,
-             dilation: int) -> torch.Tensor:
+def _conv_impl(x: torch.Tensor, weight: torch.Tensor,
+               bias: Optional[torch.Tensor], padding: int,
+               dilation: int) -> torch.Tensor:
     mod = _triton_module(x)
     if mod is not None:
         return mod.forward(x, weight, bias, padding, dilation)
@@ -182,18 +183,20 @@ def _conv_op(x: torch.Tensor, weight: torch.Tensor,
                     weight.shape[0]).contiguous()
 
 
+_conv_op = torch.library.custom_op('overlock::depthwise_conv2d',
+                                   mutates_args=())(_conv_impl)
+
+
 @_conv_op.register_fake
 def _(x, weight, bias, padding, dilation):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-@torch.library.custom_op('overlock::depthwise_conv2d_backward',
-                         mutates_args=())
-def _conv_backward_op(grad_out: torch.Tensor, x: torch.Tensor,
-                      weight: torch.Tensor, padding: int, dilation: int,
-                      need_x: bool, need_w: bool,
-                      need_b: bool) -> Tuple[torch.Tensor, torch.Tensor,
-                                             torch.Tensor]:
+def _conv_backward_impl(grad_out: torch.Tensor, x: torch.Tensor,
+                        weight: torch.Tensor, padding: int, dilation: int,
+                        need_x: bool, need_w: bool,
+                        need_b: bool) -> Tuple[torch.Tensor, torch.Tensor,
+                                               torch.Tensor]:
     grad_out = grad_out.contiguous()
     mod = _triton_module(x)
     if mod is not None:
@@ -212,6 +215,11 @@ def _conv_backward_op(grad_out: torch.Tensor, x: torch.Tensor,
     return (gx.contiguous() if need_x else x.new_empty(0),
             gw.contiguous() if need_w else weight.new_empty(0),
             gb if need_b else x.new_empty(0))
+
+
+_conv_backward_op = torch.library.custom_op(
+    'overlock::depthwise_conv2d_backward',
+    mutates_args=())(_conv_backward_impl)
 
 
 @_conv_backward_op.register_fake
@@ -235,13 +243,30 @@ def _backward(ctx, grad_out):
     padding, dilation, has_bias = ctx.conf
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
     need_b = need_b and has_bias
-    gx, gw, gb = _conv_backward_op(grad_out, x, weight, padding, dilation,
-                                   need_x, need_w, need_b)
+    backward = _conv_backward_impl if direct(grad_out, x, weight) else \
+        _conv_backward_op
+    gx, gw, gb = backward(grad_out, x, weight, padding, dilation, need_x,
+                          need_w, need_b)
     return (gx if need_x else None, gw if need_w else None,
             gb if need_b else None, None, None)
 
 
 _conv_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _DepthwiseConvTriton(torch.autograd.Function):
+    """The custom op's forward and backward without its dispatch (eager
+    execution, see :mod:`.dispatch`): the same kernels, less host time."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, padding, dilation):
+        _setup_context(ctx, (x, weight, bias, padding, dilation), None)
+        return _conv_impl(x, weight, bias, padding, dilation)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        return _backward(ctx, grad_out)
 
 
 def _macs(x_shape, weight_shape) -> int:
@@ -331,7 +356,14 @@ def depthwise_conv2d(x: torch.Tensor,
     if settings.kernels == 'triton':
         x = x.contiguous()
         if _op_applies(x, weight, padding, dilation):
-            return _conv_op(x, weight, bias, padding, dilation)
+            if not direct(x, weight, bias):
+                return _conv_op(x, weight, bias, padding, dilation)
+            if torch.is_grad_enabled() and (
+                    x.requires_grad or weight.requires_grad or
+                    (bias is not None and bias.requires_grad)):
+                return _DepthwiseConvTriton.apply(x, weight, bias, padding,
+                                                  dilation)
+            return _conv_impl(x, weight, bias, padding, dilation)
         if x.is_cuda:
             return F.conv2d(x, weight, bias, 1, padding, dilation,
                             weight.shape[0])
