@@ -36,9 +36,9 @@ from torch.utils.flop_counter import register_flop_formula
 
 from ..config import settings
 from .accelerators import igemm_functions, triton_kernels
-from .dispatch import direct
 from .autotune import AutoTuner
 from .cpu import is_channels_last, layout_of
+from .dispatch import direct
 
 __all__ = ['depthwise_conv2d', 'dilate_kernel']
 
