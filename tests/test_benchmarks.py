@@ -177,5 +177,6 @@ def test_depthwise_gpu_benchmark_shapes_and_table(tmp_path):
     assert row['dtype'] == 'fp16' and row['layers'] > 0
     assert all(row[impl][p] > 0 for impl in ('aten', 'triton')
                for p in ('fwd', 'dx', 'dw'))
+    assert set(row['faster'].values()) <= {'aten', 'triton'}
     assert set(res['totals']['fp16']) == {'aten', 'triton', 'best'}
     assert 'interpreter' in text

@@ -9,7 +9,8 @@ The shapes are those the model's depthwise convolutions see in a forward
 at ``--size`` (large kernels, dilated branches, 3x3 and 5x5 ones); each is
 timed once however many layers share it, and the totals weight it by that
 count: what one training step spends in depthwise convolutions with each
-choice, and with the faster one per shape and pass. Timings are medians of
+choice, and with the faster one per shape and pass (``faster`` per row in
+the ``--json`` file: the table a per-shape choice would be built from). Timings are medians of
 CUDA-event timings (on CPU, wall time: ``--device cpu`` needs
 ``TRITON_INTERPRET=1`` and times the interpreter, so only checks that the
 tool runs). This decides which depthwise convolutions
@@ -140,8 +141,10 @@ def main(argv=None):
                     :args.limit or None]:
                 res = bench_shape(shape, args.batch, DTYPES[dname], device,
                                   timeit)
+                faster = {q: min(res, key=lambda a: res[a][q])
+                          for q in PASSES}
                 rows.append(dict(dtype=dname, shape=list(shape),
-                                 layers=layers, **res))
+                                 layers=layers, faster=faster, **res))
                 c, h, w, k, d = shape
                 cells = ''.join(f'{res[a][q]:>12.3f}' for q in PASSES
                                 for a in ('aten', 'triton'))
