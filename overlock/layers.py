@@ -18,6 +18,7 @@ from .config import settings
 from .ops.cpu import spatial_l2_norm
 from .ops.dwconv import depthwise_conv2d, dilate_kernel
 from .ops.caching import cache_unless_compiling, outside_inference_mode
+from .ops.dispatch import needs_grad
 from .reparam import (cached, exporting, fuse_conv_bn, use_folded,
                       with_identity)
 
@@ -185,9 +186,7 @@ class GRN(nn.Module):
             gx = torch.norm(x, p=2, dim=(2, 3), keepdim=True)
             nx = gx / (gx.mean(dim=1, keepdim=True) + self.eps)
             return x + self.beta + self.gamma * nx * x
-        if torch.is_grad_enabled() and (
-                x.requires_grad or self.gamma.requires_grad
-                or self.beta.requires_grad):
+        if needs_grad(x, self.gamma, self.beta):
             return _GRNFunction.apply(x, self.gamma, self.beta, self.eps)
         # x + beta + gamma * nx * x, in one pass over x (in x's dtype: under
         # autocast the float32 factor and shift are rounded to it, not x

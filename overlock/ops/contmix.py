@@ -40,7 +40,7 @@ from ..config import settings
 from .accelerators import natten_av, triton_kernels
 from .autotune import AutoTuner
 from .caching import cache_unless_compiling, outside_inference_mode
-from .dispatch import direct
+from .dispatch import direct, needs_grad
 
 __all__ = [
     'contmix_aggregate', 'contmix_aggregate_reference',
@@ -155,8 +155,7 @@ def neighborhood_bias(table: torch.Tensor, height: int, width: int,
     maps from window rows / columns to table rows / columns) instead of a
     scatter-add. Same numbers (the gradient to float rounding;
     deterministic)."""
-    if settings.reference or not (torch.is_grad_enabled() and
-                                  table.requires_grad) or \
+    if settings.reference or not needs_grad(table) or \
             torch.jit.is_tracing() or torch.jit.is_scripting():
         return _gather_bias(table, height, width, kernel_size)
     return _NeighborhoodBias.apply(table, height, width, kernel_size)
@@ -564,8 +563,7 @@ def contmix_aggregate(attn: torch.Tensor, value: torch.Tensor,
     if attn.dtype != value.dtype and not (attn.dtype == torch.float32 and
                                           value.dtype in _HALF):
         attn = attn.to(value.dtype)
-    if torch.is_grad_enabled() and (attn.requires_grad or
-                                    value.requires_grad):
+    if needs_grad(attn, value):
         return _aggregate_op(attn, value, kernel_size)
     return aggregate(attn, value, kernel_size)
 

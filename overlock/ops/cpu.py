@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import settings
+from .dispatch import needs_grad
 
 __all__ = ['is_channels_last', 'conv_act', 'spatial_l2_norm']
 
@@ -84,8 +85,7 @@ def spatial_l2_norm(x: torch.Tensor,
     n, c = x.shape[:2]
     if x.is_contiguous():
         return x.reshape(n, c, -1).norm(dim=2)[..., None, None]
-    if chunk is None or not is_channels_last(x) or (
-            torch.is_grad_enabled() and x.requires_grad):
+    if chunk is None or not is_channels_last(x) or needs_grad(x):
         return x.square().sum((2, 3), keepdim=True).sqrt()
     rows = x.permute(0, 2, 3, 1).reshape(n, -1, c)
     out = x.new_zeros(n, c)

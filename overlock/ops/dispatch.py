@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-__all__ = ['direct']
+__all__ = ['direct', 'needs_grad']
 
 _PLAIN = (torch.Tensor, nn.Parameter)
 
@@ -30,3 +30,14 @@ def direct(*tensors: torch.Tensor) -> bool:
             torch._C._functorch.peek_interpreter_stack() is not None:
         return False
     return all(t is None or type(t) in _PLAIN for t in tensors)
+
+
+def needs_grad(*tensors: torch.Tensor) -> bool:
+    """Whether autograd records an operation on ``tensors`` now: grad mode
+    on and one of them requiring grad (``None`` entries are ignored)."""
+    if not torch.is_grad_enabled():
+        return False
+    for t in tensors:  # a loop, not any(<generator>): dynamo traces it as is
+        if t is not None and t.requires_grad:
+            return True
+    return False

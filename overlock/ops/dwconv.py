@@ -38,7 +38,7 @@ from ..config import settings
 from .accelerators import igemm_functions, triton_kernels
 from .autotune import AutoTuner
 from .cpu import is_channels_last, layout_of
-from .dispatch import direct
+from .dispatch import direct, needs_grad
 
 __all__ = ['depthwise_conv2d', 'dilate_kernel']
 
@@ -358,9 +358,7 @@ def depthwise_conv2d(x: torch.Tensor,
         if _op_applies(x, weight, padding, dilation):
             if not direct(x, weight, bias):
                 return _conv_op(x, weight, bias, padding, dilation)
-            if torch.is_grad_enabled() and (
-                    x.requires_grad or weight.requires_grad or
-                    (bias is not None and bias.requires_grad)):
+            if needs_grad(x, weight, bias):
                 return _DepthwiseConvTriton.apply(x, weight, bias, padding,
                                                   dilation)
             return _conv_impl(x, weight, bias, padding, dilation)
@@ -374,9 +372,7 @@ def depthwise_conv2d(x: torch.Tensor,
             x.dtype not in (torch.float32, torch.float64) or x.dim() != 4:
         return F.conv2d(x, weight, bias, 1, padding, dilation,
                         weight.shape[0])
-    if not torch.is_grad_enabled() or not (
-            x.requires_grad or weight.requires_grad or
-            (bias is not None and bias.requires_grad)):
+    if not needs_grad(x, weight, bias):
         return _conv_forward(
             x, weight, bias, padding, dilation,
             _conv_plan(x, weight, padding, dilation))
