@@ -30,8 +30,10 @@ Switches (environment variable in brackets):
   structure, for the benchmark's baseline and tests only;
 * ``kernels`` (``'auto'``, ``'triton'``, ``'torch'``; ``OVERLOCK_KERNELS``):
   ``'auto'``: the Triton ContMix kernels (:mod:`overlock.ops.triton_contmix`)
-  for CUDA tensors when triton is installed, ATen's depthwise convolutions
-  (faster on an H100 than :mod:`overlock.ops.triton_dwconv`, see
+  for CUDA tensors when triton is installed; ATen's depthwise convolutions
+  for float32 maps (faster on an H100 than :mod:`overlock.ops.triton_dwconv`)
+  and, per pass, the faster of ATen's and the tensor-core Triton kernels for
+  float16 / bfloat16 maps, timed once per shape (see
   :mod:`overlock.ops.dwconv`); ``'triton'``: all Triton kernels, for every
   tensor (on CPU with ``TRITON_INTERPRET=1``: how the tests check them);
   ``'torch'``: none.

@@ -257,9 +257,10 @@ def test_custom_op_registration():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 def test_cuda_default_is_aten_and_triton_is_forced_by_the_switch():
-    """On CUDA the default runs ATen's depthwise kernels (faster than the
-    Triton ones on an H100, and no custom-op dispatch); kernels='triton'
-    runs the custom op. Same numbers."""
+    """On CUDA the default runs ATen's depthwise kernels for float32 maps
+    (faster than the Triton ones on an H100, and no custom-op dispatch;
+    half precision is tuned per pass, ``tests/test_dwconv_tuning.py``);
+    kernels='triton' runs the custom op. Same numbers."""
     x, weight, bias, _ = _case(2, 4, 12, 13, 7, seed=6)
     args = (x.float().cuda(), weight.float().cuda(), bias.float().cuda(), 3)
     outs = []

@@ -16,7 +16,7 @@ from ..config import settings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ['natten_av', 'igemm_functions', 'triton_kernels',
+__all__ = ['natten_av', 'igemm_functions', 'triton_kernels', 'load_triton',
            'accelerator_status']
 
 # ``None``: not looked up yet, ``False``: unavailable.
@@ -107,7 +107,7 @@ def interpreter_bf16_dot() -> None:
     builder.create_dot = create_dot
 
 
-def _load_triton(name='triton_contmix'):
+def load_triton(name='triton_contmix'):
     """The Triton module ``overlock.ops.<name>``, or ``None`` when triton
     cannot be imported (looked up once)."""
     global _triton
@@ -154,14 +154,14 @@ def triton_kernels(tensor, name='triton_contmix'):
                 "kernels='triton' on a CPU tensor needs the Triton "
                 'interpreter: set TRITON_INTERPRET=1 before the first use '
                 "(slow; meant for tests), or use kernels='auto'.")
-        mod = _load_triton(name)
+        mod = load_triton(name)
         if mod is None:
             raise RuntimeError(
                 "kernels='triton' (OVERLOCK_KERNELS) but triton cannot be "
                 "imported; install it (it comes with torch's CUDA wheels) or "
                 "use kernels='auto'.")
         return mod
-    return _load_triton(name)
+    return load_triton(name)
 
 
 def accelerator_status() -> dict:
@@ -169,4 +169,4 @@ def accelerator_status() -> dict:
     return dict(natten=natten_av() is not None,
                 igemm=igemm_functions() is not None,
                 triton=settings.kernels != 'torch' and
-                _load_triton() is not None)
+                load_triton() is not None)

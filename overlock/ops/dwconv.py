@@ -5,15 +5,24 @@
   (a channels-last view, e.g. a LayerNorm's output, would send cuDNN to its
   ~9x slower channels-last depthwise kernels, and the Triton kernels take
   NCHW); then ``depthwise_conv2d_implicit_gemm`` for the large kernels when
-  installed (``large_kernel=True``); otherwise plain ``F.conv2d`` (cuDNN /
-  ATen). Measured on an H100 (OverLoCK-T training step, 2x800x1216, every
-  depthwise shape of the model timed both ways): ATen's kernels were faster
-  than the direct Triton kernels of :mod:`.triton_dwconv` for all 37
-  backward shapes (1.05-6x) and 32 of 37 forward ones (Triton saved 0.5 ms
-  in all), so CUDA keeps ATen and needs no per-shape timing (which would
-  also re-run for every new image size in detection). The tensor-core
-  kernels for float16 / bfloat16 came later and have not been timed there
-  (``tools/analysis/bench_dwconv_gpu.py``);
+  installed (``large_kernel=True``); otherwise:
+
+  - float32 maps: plain ``F.conv2d`` (cuDNN / ATen). Measured on an H100
+    (OverLoCK-T training step, 2x800x1216, every depthwise shape timed both
+    ways): ATen's kernels were faster than the direct Triton kernels of
+    :mod:`.triton_dwconv` for all 37 backward shapes (1.05-6x) and 32 of 37
+    forward ones (Triton saved 0.5 ms in all);
+  - float16 / bfloat16 maps (also under autocast), ``kernels='auto'``, a
+    GPU of compute capability 8.0 or later with triton: the custom op, whose
+    forward, input gradient and weight gradient each run ATen's kernel or
+    the tensor-core Triton one, whichever was faster for the shape: timed
+    with CUDA events the first time a key (pass, dtype, batch, channels,
+    kernel, dilation and the map's :func:`size_class`) is seen, on the
+    call's own tensors, after checking that both give the same numbers
+    (:func:`tuned_choices` lists the choices; not while a CUDA graph is
+    captured: ATen for unseen keys then). As with ``cudnn.benchmark``, the
+    choice can differ between runs and GPUs, and with it the float
+    rounding; ``kernels='torch'`` keeps ATen throughout;
 * ``kernels='triton'`` (``OVERLOCK_KERNELS=triton``): the Triton kernels for
   every float32/16/bfloat16 tensor, also on CPU with ``TRITON_INTERPRET=1``
   (how the tests run the GPU code); ``kernels='torch'``: never;
@@ -27,6 +36,7 @@
   ``F.conv2d`` (under compile: one graph, no timing in it).
 """
 import functools
+import logging
 from typing import Optional, Tuple
 
 import torch
@@ -35,12 +45,14 @@ from torch.autograd.function import once_differentiable
 from torch.utils.flop_counter import register_flop_formula
 
 from ..config import settings
-from .accelerators import igemm_functions, triton_kernels
-from .autotune import AutoTuner
+from .accelerators import load_triton, igemm_functions, triton_kernels
+from .autotune import AutoTuner, cuda_time_once
 from .cpu import is_channels_last, layout_of
 from .dispatch import direct, needs_grad
 
-__all__ = ['depthwise_conv2d', 'dilate_kernel']
+__all__ = ['depthwise_conv2d', 'dilate_kernel', 'tuned_choices']
+
+logger = logging.getLogger(__name__)
 
 _plans = AutoTuner('depthwise conv plan')
 
@@ -155,10 +167,115 @@ class _DepthwiseConvCPU(torch.autograd.Function):
 
 
 # --------------------------------------------------------------------------
-# The custom op (kernels='triton'): the Triton kernels, seen by autograd,
-# autocast and torch.compile as one op
+# The custom op: the Triton kernels (kernels='triton'), or per pass the
+# faster of ATen and Triton (kernels='auto', half precision on a GPU), seen
+# by autograd, autocast and torch.compile as one op
 # --------------------------------------------------------------------------
 _TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+#: maps whose convolutions ``kernels='auto'`` times on a GPU: for float32
+#: the Triton (direct) kernels lost to ATen on an H100 for every backward
+#: shape of OverLoCK-T and saved 0.5 ms in all in the forward
+_TUNED_DTYPES = (torch.float16, torch.bfloat16)
+#: ``(pass, dtype, N, C, size classes, K, dilation, device)`` -> ``'aten'`` /
+#: ``'triton'``, timed once per key on the call's own tensors
+_choices = AutoTuner('CUDA depthwise conv (aten, triton)', maxsize=1024,
+                     timer=cuda_time_once)
+
+
+def size_class(n: int) -> int:
+    """``n`` rounded up to one of four sizes per octave above 32: a map's
+    height and width in the tuning key (detection's varying image sizes then
+    re-time a few classes, not every size; the ranking of two kernels does
+    not change within one)."""
+    if n <= 32:
+        return n
+    step = 1 << (n.bit_length() - 3)
+    return -(-n // step) * step
+
+
+_GPUS = {}
+
+
+@torch.compiler.assume_constant_result
+def _triton_gpu(index: int) -> bool:
+    """Whether the tensor-core Triton kernels run on CUDA device ``index``:
+    compute capability 8.0 or later (bfloat16 ``tl.dot``; the kernels are
+    compiled and checked for sm_80 and sm_90) and triton installed."""
+    ok = _GPUS.get(index)
+    if ok is None:
+        ok = _GPUS[index] = \
+            torch.cuda.get_device_capability(index) >= (8, 0) and \
+            load_triton('triton_dwconv') is not None
+    return ok
+
+
+def _capturing() -> bool:
+    """Whether a CUDA graph is being captured (no timing then)."""
+    return torch.cuda.is_initialized() and \
+        torch.cuda.is_current_stream_capturing()
+
+
+def _tuned(x, weight, padding, dilation, dtype) -> bool:
+    """Whether ``kernels='auto'`` chooses between ATen and Triton for this
+    convolution of a CUDA map, run in ``dtype`` (autocast's)."""
+    return (settings.kernels == 'auto' and not settings.reference
+            and dtype in _TUNED_DTYPES and _shape_applies(
+                x, weight, padding, dilation)
+            and torch.cuda.is_available() and _triton_gpu(x.device.index))
+
+
+def _agree(out, ref) -> bool:
+    """The Triton result is ATen's up to half-precision rounding (the
+    products are summed in float32 by both; a kernel miscompiled for this
+    GPU gives far larger errors)."""
+    err = (out.float() - ref.float()).abs().max()
+    return bool(err <= 2e-2 * ref.float().abs().max() + 1e-6)
+
+
+def _use_triton(pass_: str, x, weight, dilation, run) -> bool:
+    """Whether this pass (``'forward'``, ``'input_grad'``, ``'weight_grad'``)
+    runs the Triton kernel: always with ``kernels='triton'``; with
+    ``kernels='auto'`` if it was faster than ATen's for this key, timed
+    the first time a key is seen (``run(triton)`` computes the pass either
+    way) after checking that both give the same numbers."""
+    if settings.kernels != 'auto':
+        return settings.kernels == 'triton'
+    n, c, h, w = x.shape
+    key = (pass_, x.dtype, n, c, size_class(h), size_class(w),
+           weight.shape[-1], dilation, x.device.index)
+    choice = _choices.get(key)
+    if choice is None:
+        if _capturing():
+            return False
+        ref = run(False)
+        if not bool(torch.isfinite(ref).all()):
+            return False  # e.g. an overflowing AMP step: decide later
+        if not _choices.choices():
+            logger.info(
+                'Timing ATen against the Triton depthwise convolution kernels '
+                'once per shape (half precision; the first steps are slower: '
+                "Triton also compiles each kernel variant once). kernels="
+                "'torch' (OVERLOCK_KERNELS=torch) keeps ATen.")
+        out = run(True)
+        if _agree(out, ref):
+            choice = _choices.choose(key, lambda: [
+                ('aten', functools.partial(run, False)),
+                ('triton', functools.partial(run, True))])
+        else:
+            logger.warning(
+                'The Triton depthwise convolution (%s, %s) differs from '
+                "ATen's on this GPU for %s: ATen is used for it. Please "
+                'report this with the output of `python -m '
+                'torch.utils.collect_env`.', pass_, x.dtype, key[2:],)
+            choice = _choices.choose(key, lambda: [('aten', None)])
+    return choice == 'triton'
+
+
+def tuned_choices() -> dict:
+    """``{key: 'aten' or 'triton'}``: what ``kernels='auto'`` chose so far
+    for the depthwise convolutions of half-precision CUDA maps (key:
+    ``(pass, dtype, N, C, size class of H, of W, K, dilation, device)``)."""
+    return _choices.choices()
 
 
 def _cudnn_backward(grad_out, x, weight, padding, dilation, need_x, need_w):
@@ -169,18 +286,20 @@ def _cudnn_backward(grad_out, x, weight, padding, dilation, need_x, need_w):
     return gx, gw
 
 
-def _triton_module(x):
-    return triton_kernels(x, 'triton_dwconv')
+def _triton():
+    return load_triton('triton_dwconv')
 
 
 def _conv_impl(x: torch.Tensor, weight: torch.Tensor,
                bias: Optional[torch.Tensor], padding: int,
                dilation: int) -> torch.Tensor:
-    mod = _triton_module(x)
-    if mod is not None:
-        return mod.forward(x, weight, bias, padding, dilation)
-    return F.conv2d(x, weight, bias, 1, padding, dilation,
-                    weight.shape[0]).contiguous()
+    def run(triton):
+        if triton:
+            return _triton().forward(x, weight, bias, padding, dilation)
+        return F.conv2d(x, weight, bias, 1, padding, dilation,
+                        weight.shape[0]).contiguous()
+
+    return run(_use_triton('forward', x, weight, dilation, run))
 
 
 _conv_op = torch.library.custom_op('overlock::depthwise_conv2d',
@@ -198,15 +317,31 @@ def _conv_backward_impl(grad_out: torch.Tensor, x: torch.Tensor,
                         need_b: bool) -> Tuple[torch.Tensor, torch.Tensor,
                                                torch.Tensor]:
     grad_out = grad_out.contiguous()
-    mod = _triton_module(x)
-    if mod is not None:
-        gx = mod.input_grad(grad_out, weight, padding, dilation) \
-            if need_x else None
-        gw = mod.weight_grad(x, grad_out, weight.shape[-1], padding,
-                             dilation) if need_w else None
-    else:
-        gx, gw = _cudnn_backward(grad_out, x, weight, padding, dilation,
-                                 need_x, need_w)
+
+    def input_grad(triton):
+        if triton:
+            return _triton().input_grad(grad_out, weight, padding, dilation)
+        return _cudnn_backward(grad_out, x, weight, padding, dilation,
+                               True, False)[0]
+
+    def weight_grad(triton):
+        if triton:
+            return _triton().weight_grad(x, grad_out, weight.shape[-1],
+                                         padding, dilation)
+        return _cudnn_backward(grad_out, x, weight, padding, dilation,
+                               False, True)[1]
+
+    triton_x = need_x and _use_triton('input_grad', grad_out, weight,
+                                      dilation, input_grad)
+    triton_w = need_w and _use_triton('weight_grad', x, weight, dilation,
+                                      weight_grad)
+    gx = input_grad(True) if triton_x else None
+    gw = weight_grad(True) if triton_w else None
+    aten_x, aten_w = need_x and not triton_x, need_w and not triton_w
+    if aten_x or aten_w:  # ATen's gradients in one call
+        ax, aw = _cudnn_backward(grad_out, x, weight, padding, dilation,
+                                 aten_x, aten_w)
+        gx, gw = (ax if aten_x else gx), (aw if aten_w else gw)
     gb = grad_out.sum((0, 2, 3), dtype=torch.float32).to(grad_out.dtype) \
         if need_b else None
     # custom ops return tensors: empty ones stand for "not needed"; the
@@ -254,7 +389,7 @@ def _backward(ctx, grad_out):
 _conv_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-class _DepthwiseConvTriton(torch.autograd.Function):
+class _DepthwiseConvEager(torch.autograd.Function):
     """The custom op's forward and backward without its dispatch (eager
     execution, see :mod:`.dispatch`): the same kernels, less host time."""
 
@@ -285,18 +420,33 @@ def _conv_backward_flops(grad_shape, x_shape, weight_shape, padding,
     return 2 * _macs(x_shape, weight_shape) * (int(need_x) + int(need_w))
 
 
-def _op_applies(x, weight, padding, dilation) -> bool:
-    """Whether the custom op may take this convolution: a 4-D
-    float32/16/bfloat16 input (made NCHW by :func:`depthwise_conv2d` before
-    this is asked), an odd "same" kernel, ``kernels='triton'`` (on CUDA, or
-    on CPU with ``TRITON_INTERPRET=1``)."""
+def _shape_applies(x, weight, padding, dilation) -> bool:
+    """A 4-D map (made NCHW by :func:`depthwise_conv2d` before this is
+    asked) and an odd "same" kernel: what the Triton kernels compute."""
     k = weight.shape[-1]
-    return (settings.kernels == 'triton' and not settings.reference
-            and x.dim() == 4 and x.dtype in _TRITON_DTYPES
-            and k % 2 == 1
+    return (x.dim() == 4 and k % 2 == 1
             and tuple(weight.shape) == (x.shape[1], 1, k, k)
-            and 2 * padding == dilation * (k - 1)
+            and 2 * padding == dilation * (k - 1))
+
+
+def _op_applies(x, weight, padding, dilation) -> bool:
+    """Whether ``kernels='triton'`` sends this convolution to the custom op:
+    a float32/16/bfloat16 map of the right shape (on CUDA, or on CPU with
+    ``TRITON_INTERPRET=1``)."""
+    return (settings.kernels == 'triton' and not settings.reference
+            and x.dtype in _TRITON_DTYPES
+            and _shape_applies(x, weight, padding, dilation)
             and triton_kernels(x, 'triton_dwconv') is not None)
+
+
+def _custom(x, weight, bias, padding, dilation):
+    """Through the custom op, or in plain eager execution (:func:`.direct`)
+    its autograd function or implementation."""
+    if not direct(x, weight, bias):
+        return _conv_op(x, weight, bias, padding, dilation)
+    if needs_grad(x, weight, bias):
+        return _DepthwiseConvEager.apply(x, weight, bias, padding, dilation)
+    return _conv_impl(x, weight, bias, padding, dilation)
 
 
 def _autocast(x, weight, bias):
@@ -313,6 +463,14 @@ def _autocast(x, weight, bias):
             else t
 
     return cast(x), cast(weight), cast(bias)
+
+
+def _compute_dtype(x):
+    """The dtype a convolution of ``x`` runs in (autocast's, if enabled)."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device) and x.dtype != torch.float64:
+        return torch.get_autocast_dtype(device)
+    return x.dtype
 
 
 def _igemm_conv(x, weight, bias):
@@ -349,6 +507,8 @@ def depthwise_conv2d(x: torch.Tensor,
             out = _igemm_conv(*_autocast(x, weight, bias))
             if out is not None:
                 return out
+        if _tuned(x, weight, padding, dilation, _compute_dtype(x)):
+            return _custom(*_autocast(x, weight, bias), padding, dilation)
         # autocast casts (and caches the parameters' casts) itself
         return F.conv2d(x, weight, bias, 1, padding, dilation,
                         weight.shape[0])
@@ -356,12 +516,7 @@ def depthwise_conv2d(x: torch.Tensor,
     if settings.kernels == 'triton':
         x = x.contiguous()
         if _op_applies(x, weight, padding, dilation):
-            if not direct(x, weight, bias):
-                return _conv_op(x, weight, bias, padding, dilation)
-            if needs_grad(x, weight, bias):
-                return _DepthwiseConvTriton.apply(x, weight, bias, padding,
-                                                  dilation)
-            return _conv_impl(x, weight, bias, padding, dilation)
+            return _custom(x, weight, bias, padding, dilation)
         if x.is_cuda:
             return F.conv2d(x, weight, bias, 1, padding, dilation,
                             weight.shape[0])
