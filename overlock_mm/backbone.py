@@ -10,6 +10,10 @@ from overlock.model import OverLoCK
 
 __all__ = ['OverLoCKBackbone', 'register_backbone']
 
+#: the arguments of ``torch.compile`` besides the model
+_COMPILE_ARGS = {'fullgraph', 'dynamic', 'backend', 'mode', 'options',
+                 'disable'}
+
 
 class OverLoCKBackbone(OverLoCK, BaseModule):
     """OverLoCK as an mmengine ``BaseModule``.
@@ -24,12 +28,36 @@ class OverLoCKBackbone(OverLoCK, BaseModule):
       containers unwrapped and ``prefix.`` / ``backbone.`` / ``module.``
       stripped once, a report in the mmengine log);
     * any other mmengine initialiser: applied by ``BaseModule``.
+
+    and ``compile``: ``torch.compile`` the backbone alone, in place
+    (``nn.Module.compile``: parameter names and checkpoints unchanged), while
+    the rest of the detector or segmentor runs eagerly. ``True`` for
+    ``torch.compile``'s defaults or a dict of its arguments (``mode``,
+    ``backend``, ``dynamic``, ``fullgraph``, ``options``); in a config
+    ``model.backbone.compile=True`` or ``--cfg-options
+    model.backbone.compile.mode=max-autotune-no-cudagraphs``. The backbone
+    traces as one graph; with varying image sizes it compiles once for the
+    first size and once more, with dynamic sizes, for all the others (with
+    ``dynamic=None``, the default). Defaults to False.
     """
 
     def __init__(self, *args, init_cfg: Optional[Union[dict, list]] = None,
-                 **kwargs):
+                 compile: Union[bool, dict] = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.init_cfg = init_cfg
+        if compile:
+            if not isinstance(compile, (bool, dict)) or \
+                    set(compile if compile is not True else ()) - \
+                    _COMPILE_ARGS:
+                raise ValueError(
+                    f'OverLoCKBackbone(compile=...) takes True or a dict of '
+                    f'torch.compile arguments {sorted(_COMPILE_ARGS)}, got '
+                    f'{compile!r}')
+            options = {} if compile is True else dict(compile)
+            self.compile(**options)
+            MMLogger.get_current_instance().info(
+                'OverLoCK backbone: torch.compile(%s), compiled on its first '
+                'call', ', '.join(f'{k}={v!r}' for k, v in options.items()))
 
     def init_weights(self):
         cfg = self.init_cfg

@@ -215,3 +215,28 @@ def test_depthwise_ops_fake_strides_match_for_channels_last_inputs():
                      None, 1, 1)
         _same_layout(torch.ops.overlock.depthwise_conv2d_backward.default,
                      grad, x, weight, 1, 1, True, True, True)
+
+
+def test_mm_backbone_compile_option():
+    """``OverLoCKBackbone(compile=...)`` compiles the backbone in place:
+    the same parameter names, one graph, eager's numbers; a bad value is a
+    clear error."""
+    pytest.importorskip('mmengine')
+    from overlock_mm.backbone import OverLoCKBackbone
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    eager = OverLoCKBackbone(TINY_ARCH)
+    torch.manual_seed(0)
+    model = OverLoCKBackbone(TINY_ARCH, compile=dict(backend='aot_eager'))
+    assert list(model.state_dict()) == list(eager.state_dict())
+    model.load_state_dict(randomize_(eager, seed=2).state_dict())
+    x = torch.randn(2, 3, 40, 36, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = eager.eval()(x)
+        got = model.eval()(x)
+    assert torch._dynamo.utils.counters['stats']['unique_graphs'] == 1
+    for a, b in zip(want, got):
+        assert _max_rel(b, a) < 1e-5
+    for bad in ('fast', dict(mdoe='max-autotune')):
+        with pytest.raises(ValueError, match='compile=.*torch.compile'):
+            OverLoCKBackbone(TINY_ARCH, compile=bad)

@@ -94,6 +94,29 @@ def test_det_train_then_test_with_coco_metric(toy):
     assert len(list((toy / 'vis').rglob('*.png'))) == 4
 
 
+def _losses(log):
+    return [float(line.split(' loss: ')[1].split()[0])
+            for line in log.splitlines() if 'Iter(train)' in line]
+
+
+def test_det_train_with_compiled_backbone_equals_eager(toy):
+    """``model.backbone.compile``: the backbone compiled in place
+    (``aot_eager`` here, inductor on a GPU), the detector's heads eager;
+    the same losses as eager training."""
+    logs = []
+    for extra in ([], ['model.backbone.compile.backend=aot_eager']):
+        work = toy / f'work_compile{len(extra)}'
+        logs.append(_run(
+            [PY, os.path.join(ROOT, 'tools', 'train.py'), DET, '--work-dir',
+             str(work), '--no-validate'] + _short(2) +
+            ['randomness.seed=0'] + extra, cwd=toy))
+    assert 'torch.compile' not in logs[0]
+    assert "OverLoCK backbone: torch.compile(backend='aot_eager')" in logs[1]
+    eager, compiled = _losses(logs[0]), _losses(logs[1])
+    assert len(eager) == len(compiled) == 2
+    assert compiled == pytest.approx(eager, rel=1e-3)
+
+
 def test_unknown_eval_metric_is_a_clear_error(toy):
     proc = subprocess.run(
         [PY, os.path.join(ROOT, 'tools', 'test.py'), DET, 'missing.pth',
