@@ -9,9 +9,13 @@
 Either way the BatchNorm running statistics of a recomputed segment are put
 back after the recomputation, so that each training step updates them once.
 
-Under ``torch.compile`` nothing is recomputed here (dynamo cannot trace the
-checkpoint's ``context_fn`` that keeps the statistics): same numbers, and
-AOTAutograd's partitioner decides what the compiled backward recomputes.
+Under ``torch.compile`` the same segments are checkpointed without the
+``context_fn`` that keeps the statistics (dynamo cannot trace it, and needs
+it not: the traced BatchNorms update their statistics once, in the forward
+graph): dynamo turns the checkpoint into tags that make AOTAutograd's
+partitioner recompute those segments in the backward, as in eager mode.
+Without them the partitioner kept ~1.7x the activations (a tiny arch at
+128x128: 8.1 MB against eager's 4.8 MB; with them 4.7 MB).
 """
 import contextlib
 import functools
@@ -92,9 +96,10 @@ def recompute(fn: Callable, modules: Sequence[nn.Module], *args,
               preserve_rng_state: bool = False):
     """``fn(*args)`` whose intermediate tensors are recomputed in the
     backward instead of stored (BatchNorm statistics of ``modules`` updated
-    once); under ``torch.compile`` simply ``fn(*args)``."""
-    if _compiling():
-        return fn(*args)
+    once)."""
+    if _compiling():  # traced: see the module docstring
+        return checkpoint(fn, *args, use_reentrant=False,
+                          preserve_rng_state=preserve_rng_state)
     return checkpoint(
         fn, *args, use_reentrant=False, preserve_rng_state=preserve_rng_state,
         context_fn=lambda: (contextlib.nullcontext(),
