@@ -199,9 +199,8 @@ def test_which_convolutions_are_tuned(monkeypatch):
     def tuned(dtype=torch.float16, weight=w, padding=2, dilation=1):
         return dwconv._tuned(x, weight, padding, dilation, dtype)
 
-    assert not tuned()  # no CUDA here
-    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
-    monkeypatch.setattr(dwconv, '_triton_gpu', lambda index: True)
+    # the device check, looked up once per device (a CPU tensor's: None)
+    monkeypatch.setitem(dwconv._GPUS, None, True)
     assert tuned() and tuned(torch.bfloat16)
     assert not tuned(torch.float32) and not tuned(torch.float64)
     assert tuned(weight=w, padding=4, dilation=2)
@@ -214,8 +213,8 @@ def test_which_convolutions_are_tuned(monkeypatch):
         assert not tuned()  # forced: no choice to make
     with overlock.options(reference=True):
         assert not tuned()
-    monkeypatch.setattr(dwconv, '_triton_gpu', lambda index: False)
-    assert not tuned()  # e.g. a GPU older than sm_80
+    monkeypatch.setitem(dwconv._GPUS, None, False)
+    assert not tuned()  # no GPU, one older than sm_80, or no triton
 
 
 def test_compute_dtype_follows_autocast():
@@ -271,3 +270,29 @@ def test_cuda_half_precision_is_tuned_through_the_dispatch_point(dtype):
         depthwise_conv2d(x, w, None, 3)
     assert torch.ops.overlock.depthwise_conv2d not in \
         counter.get_flop_counts()['Global']
+
+
+def test_tuned_path_compiles_as_one_graph(tuner, monkeypatch):
+    """Under torch.compile the dispatch decision (``_tuned``, with the GPU
+    check as a constant) traces without a graph break and leaves the custom
+    op in the graph, whose implementation chooses per pass at run time: the
+    same bits as eager (a CUDA device stood in for)."""
+    monkeypatch.setitem(dwconv._GPUS, None, True)  # a CPU tensor's index
+
+    def conv(x, weight, bias):
+        assert dwconv._tuned(x, weight, 2, 1, x.dtype)
+        return dwconv._custom(x, weight, bias, 2, 1)
+
+    x, weight, bias, go, padding, dilation = _case(seed=6)
+    want = _step(x, weight, bias, go, padding, dilation)
+    assert len(tuner.timed) == 6
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(conv)(x, weight, bias)
+    assert explained.graph_break_count == 0 and explained.graph_count == 1
+    compiled = torch.compile(conv, backend='aot_eager', fullgraph=True)
+    xg, wg, bg = (t.clone().requires_grad_() for t in (x, weight, bias))
+    with overlock.options(kernels='auto'):
+        out = compiled(xg, wg, bg)
+        out.backward(go)
+    _same((out.detach(), xg.grad, wg.grad, bg.grad), want)
+    assert len(tuner.timed) == 6  # the choices made eagerly were kept

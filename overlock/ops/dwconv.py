@@ -198,12 +198,12 @@ _GPUS = {}
 
 @torch.compiler.assume_constant_result
 def _triton_gpu(index: int) -> bool:
-    """Whether the tensor-core Triton kernels run on CUDA device ``index``:
-    compute capability 8.0 or later (bfloat16 ``tl.dot``; the kernels are
+    """Whether the tensor-core Triton kernels run on CUDA device ``index``
+    (looked up once; a constant for dynamo): compute capability 8.0 or later (bfloat16 ``tl.dot``; the kernels are
     compiled and checked for sm_80 and sm_90) and triton installed."""
     ok = _GPUS.get(index)
     if ok is None:
-        ok = _GPUS[index] = \
+        ok = _GPUS[index] = torch.cuda.is_available() and \
             torch.cuda.get_device_capability(index) >= (8, 0) and \
             load_triton('triton_dwconv') is not None
     return ok
@@ -221,7 +221,7 @@ def _tuned(x, weight, padding, dilation, dtype) -> bool:
     return (settings.kernels == 'auto' and not settings.reference
             and dtype in _TUNED_DTYPES and _shape_applies(
                 x, weight, padding, dilation)
-            and torch.cuda.is_available() and _triton_gpu(x.device.index))
+            and _triton_gpu(x.device.index))
 
 
 def _agree(out, ref) -> bool:
