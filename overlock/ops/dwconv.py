@@ -199,8 +199,9 @@ _GPUS = {}
 @torch.compiler.assume_constant_result
 def _triton_gpu(index: int) -> bool:
     """Whether the tensor-core Triton kernels run on CUDA device ``index``
-    (looked up once; a constant for dynamo): compute capability 8.0 or later (bfloat16 ``tl.dot``; the kernels are
-    compiled and checked for sm_80 and sm_90) and triton installed."""
+    (looked up once; a constant for dynamo): CUDA, compute capability 8.0
+    or later (bfloat16 ``tl.dot``; the kernels are compiled and checked for
+    sm_80 and sm_90) and triton installed."""
     ok = _GPUS.get(index)
     if ok is None:
         ok = _GPUS[index] = torch.cuda.is_available() and \
@@ -266,7 +267,7 @@ def _use_triton(pass_: str, x, weight, dilation, run) -> bool:
                 'The Triton depthwise convolution (%s, %s) differs from '
                 "ATen's on this GPU for %s: ATen is used for it. Please "
                 'report this with the output of `python -m '
-                'torch.utils.collect_env`.', pass_, x.dtype, key[2:],)
+                'torch.utils.collect_env`.', pass_, x.dtype, key[2:])
             choice = _choices.choose(key, lambda: [('aten', None)])
     return choice == 'triton'
 
