@@ -187,7 +187,20 @@ class GRN(nn.Module):
             nx = gx / (gx.mean(dim=1, keepdim=True) + self.eps)
             return x + self.beta + self.gamma * nx * x
         if needs_grad(x, self.gamma, self.beta):
-            return _GRNFunction.apply(x, self.gamma, self.beta, self.eps)
+            if not torch.compiler.is_compiling():
+                return _GRNFunction.apply(x, self.gamma, self.beta, self.eps)
+            # traced: autograd's own formula (inductor fuses it; dynamo
+            # failed on this autograd.Function inside a recomputed segment
+            # with dynamic sizes), the norm's gradient 0 where it is 0; eps
+            # (GRN.eps) as a literal: with dynamic=True dynamo makes a float
+            # read from an attribute symbolic, which its checkpoint then
+            # fails to hold (torch 2.12)
+            gx = torch.linalg.vector_norm(
+                x, 2, dim=(2, 3), keepdim=True,
+                dtype=torch.float32 if x.dtype in HALF_DTYPES else None)
+            scale = _grn_scale(gx, self.gamma, 1e-6)[2]
+            return torch.addcmul(self.beta.to(x.dtype), x,
+                                 scale.to(x.dtype))
         # x + beta + gamma * nx * x, in one pass over x (in x's dtype: under
         # autocast the float32 factor and shift are rounded to it, not x
         # promoted to float32)

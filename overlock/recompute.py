@@ -27,6 +27,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
 from .layers import chain
+from .reparam import submodules
 
 __all__ = ['KeepRunningStats', 'recompute', 'Recompute']
 
@@ -49,7 +50,7 @@ class KeepRunningStats:
     """
 
     def __init__(self, modules: Sequence[nn.Module]):
-        bns = [m for mod in modules for m in mod.modules()
+        bns = [m for mod in modules for m in submodules(mod)
                if isinstance(m, _BatchNorm) and m.training
                and m.track_running_stats]
         self.bns = list({id(m): m for m in bns}.values())  # each once

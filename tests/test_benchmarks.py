@@ -121,6 +121,9 @@ def test_count_ops_tool(tmp_path):
     assert 0 < rows[3]['saved_mb'] < rows[2]['saved_mb']
     assert 'saved MB' in text
     assert 'the CUDA path' in text and 'ours, train bf16:' in text
+    # the host's Python work: more in a training step than in eval
+    assert 'py calls' in text
+    assert 0 < rows[0]['python_calls'] < rows[2]['python_calls']
 
 
 def test_count_ops_tool_fake_cuda(tmp_path):
@@ -144,6 +147,9 @@ def test_count_ops_tool_fake_cuda(tmp_path):
     # what the training forward keeps for the backward, at 256x320
     assert 0 < rows[3]['saved_mb'] < rows[2]['saved_mb']
     assert 'training rows are the forward only' in text
+    # fake tensors dispatch in Python: no Python-call count
+    assert 'py calls' not in text
+    assert all(r['python_calls'] is None for r in rows)
 
 
 def test_depthwise_gpu_benchmark_shapes_and_table(tmp_path):

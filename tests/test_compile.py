@@ -294,3 +294,28 @@ def test_mm_backbone_compile_option():
     for bad in ('fast', dict(mdoe='max-autotune')):
         with pytest.raises(ValueError, match='compile=.*torch.compile'):
             OverLoCKBackbone(TINY_ARCH, compile=bad)
+
+
+def test_dynamic_sizes_train_in_one_graph():
+    """``dynamic=True``: one graph for two image sizes in training (the
+    recomputed segments' checkpoints included; a float read from a module
+    attribute inside one made dynamo fail), eager's numbers. Sizes where
+    every ContMix map is at least its kernel (7 at stride 16, 5 at 32)."""
+    torch._dynamo.reset()
+    eager = randomize_(OverLoCK(TINY_ARCH), seed=5)
+    compiled = copy.deepcopy(eager)
+    compiled.compile(backend='aot_eager', dynamic=True)
+    for size in ((160, 176), (192, 160)):
+        x = torch.randn(2, 3, *size, generator=torch.Generator()
+                        .manual_seed(size[0]))
+        results = []
+        for m in (eager, compiled):
+            m.train()
+            xi = x.clone().requires_grad_()
+            y = m(xi)
+            sum((o * (i + 1)).sum() for i, o in enumerate(y)).backward()
+            results.append(([o.detach() for o in y], xi.grad))
+        for a, b in zip(results[0][0], results[1][0]):
+            assert _max_rel(b, a) < 1e-5
+        assert _max_rel(results[1][1], results[0][1]) < 1e-4
+    assert torch._dynamo.utils.counters['stats']['unique_graphs'] == 1

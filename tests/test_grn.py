@@ -124,3 +124,23 @@ def test_fewer_operations():
             _grads(grn, x, reference, g)
         counts.append(Count.n)
     assert counts[1] < counts[0] - 5, counts
+
+
+def test_traced_path_equals_the_function(monkeypatch):
+    """While dynamo traces (here: ``is_compiling`` forced in eager
+    execution), GRN uses autograd's formula instead of the function, with
+    ``eps`` as a literal (``GRN.eps``): the same numbers, a zero channel's
+    gradients included."""
+    assert GRN.eps == 1e-6
+    grn = _grn()
+    x = torch.randn(2, 6, 4, 5, dtype=torch.float64)
+    x[1, 2] = 0
+    g = torch.randn_like(x)
+    want = _grads(grn, x, False, g)
+    monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: True)
+    got = _grads(grn, x, False, g)
+    x2 = x.clone().requires_grad_()
+    assert 'GRNFunction' not in type(grn(x2).grad_fn).__name__
+    assert all(torch.isfinite(t).all() for t in got)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -11,6 +11,11 @@ workspaces):
     python tools/analysis/count_ops.py --arch t --size 256 256 --peers
     python tools/analysis/count_ops.py --cuda-path --dtype fp32 bf16 --top 15
 
+``py calls`` (CPU): the Python function calls of the step (modules,
+autograd functions, the checkpoint's hooks, ...; C functions not counted):
+on a GPU, whose step is launch-bound, the host's Python work around the
+kernels, here measured without one.
+
 ``--cuda-path`` (CPU) counts the path CUDA takes instead of the CPU's:
 ATen depthwise convolutions, no CPU fused inference flavour (the generic
 one CUDA runs), NCHW, the PyTorch ContMix aggregation. Casts under CPU
@@ -89,8 +94,9 @@ def cuda_path(enabled: bool):
 
 def count(impl, arch, flavour, mode, size, batch, dtype='fp32',
           emulate_cuda=False, device='cpu'):
-    """``(Counter of the operations, bytes kept for the backward)`` of one
-    step (after one uncounted; the bytes: 0 in eval)."""
+    """``(Counter of the operations, bytes kept for the backward, Python
+    calls)`` of one step (after one uncounted; the bytes: 0 in eval; the
+    calls: ``None`` on fake tensors, whose dispatch is Python)."""
     import torch
     torch.manual_seed(0)
     fake = None
@@ -136,10 +142,30 @@ def count(impl, arch, flavour, mode, size, batch, dtype='fp32',
         # the folded-weight cache keys on data pointers: fake ones are 0
         warnings.filterwarnings('ignore', 'Accessing the data pointer')
         step()
+        calls = _python_calls(step) if fake is None else None
         saved.clear()
         with _counter() as counter:
             step()
-    return counter.ops, sum(saved)
+    return counter.ops, sum(saved), calls
+
+
+def _python_calls(fn) -> int:
+    """Python function calls (C functions not counted) that ``fn()`` makes,
+    in this thread (a CPU backward runs in it): the Python work a GPU step
+    adds around its kernels, measured without a GPU."""
+    calls = 0
+
+    def profile(frame, event, arg):
+        nonlocal calls
+        if event == 'call':
+            calls += 1
+
+    sys.setprofile(profile)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return calls
 
 
 class _Kept:
@@ -199,13 +225,14 @@ def main(argv=None):
     for mode in modes:
         for dtype in args.dtype:
             for impl in impls:
-                ops, saved = count(impl, args.arch, args.flavour, mode,
-                                   tuple(args.size),
-                                   args.batch if mode == 'train' else 1,
-                                   dtype, args.cuda_path, args.device)
+                ops, saved, calls = count(
+                    impl, args.arch, args.flavour, mode, tuple(args.size),
+                    args.batch if mode == 'train' else 1, dtype,
+                    args.cuda_path, args.device)
                 rows.append(dict(impl=impl, mode=mode, dtype=dtype,
                                  ops=sum(ops.values()), by_op=dict(ops),
-                                 saved_mb=saved / 2**20))
+                                 saved_mb=saved / 2**20,
+                                 python_calls=calls))
                 print(f'# {mode} {dtype} {impl}: {rows[-1]["ops"]} ops',
                       file=sys.stderr, flush=True)
     print(f'OverLoCK-{args.arch.upper()} {args.flavour}, '
@@ -214,7 +241,9 @@ def main(argv=None):
           (', the CUDA path' if args.cuda_path else '') +
           (': training rows are the forward only' if args.device ==
            'fake-cuda' and 'train' in modes else ''))
-    print(f'{"mode":<6}{"dtype":<6}{"impl":<12}{"ops":>8}{"ratio":>9}'
+    py = args.device != 'fake-cuda'
+    print(f'{"mode":<6}{"dtype":<6}{"impl":<12}{"ops":>8}{"ratio":>9}' +
+          (f'{"py calls":>10}{"ratio":>8}' if py else '') +
           f'{"saved MB":>10}{"ratio":>8}')
     for mode in modes:
         for dtype in args.dtype:
@@ -222,11 +251,14 @@ def main(argv=None):
                      if r['mode'] == mode and r['dtype'] == dtype]
             for r in group:
                 ratio = group[0]['ops'] / r['ops']
+                calls = (f'{r["python_calls"]:>10}'
+                         f'{group[0]["python_calls"] / r["python_calls"]:>7.1f}x'
+                         if py else '')
                 mem = (f'{r["saved_mb"]:>10.1f}'
                        f'{group[0]["saved_mb"] / r["saved_mb"]:>7.2f}x'
                        if mode == 'train' else '')
                 print(f'{mode:<6}{dtype:<6}{r["impl"]:<12}{r["ops"]:>8}'
-                      f'{ratio:>8.1f}x{mem}')
+                      f'{ratio:>8.1f}x{calls}{mem}')
     if args.top:
         for r in rows:
             if r['impl'] == 'ours':
