@@ -127,7 +127,12 @@ def layer_norm_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
         out = F.layer_norm(x.permute(0, 2, 3, 1), weight.shape, weight,
                            bias, eps)
     out = out.permute(0, 3, 1, 2)
-    return out if device == 'cpu' else out.contiguous()
+    # traced: contiguous on CPU too (inductor lays the graph out itself, and
+    # failed to order a backbone output's strides when it was this view
+    # and the sizes dynamic)
+    if device == 'cpu' and not torch.compiler.is_compiling():
+        return out
+    return out.contiguous()
 
 
 #: kinds of the backbone's output norms (``OverLoCK(out_norm=...)``)

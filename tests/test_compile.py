@@ -278,6 +278,7 @@ def test_mm_backbone_compile_option():
     pytest.importorskip('mmengine')
     from overlock_mm.backbone import OverLoCKBackbone
     torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
     torch.manual_seed(0)
     eager = OverLoCKBackbone(TINY_ARCH)
     torch.manual_seed(0)
@@ -302,6 +303,7 @@ def test_dynamic_sizes_train_in_one_graph():
     attribute inside one made dynamo fail), eager's numbers. Sizes where
     every ContMix map is at least its kernel (7 at stride 16, 5 at 32)."""
     torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
     eager = randomize_(OverLoCK(TINY_ARCH), seed=5)
     compiled = copy.deepcopy(eager)
     compiled.compile(backend='aot_eager', dynamic=True)
@@ -319,3 +321,17 @@ def test_dynamic_sizes_train_in_one_graph():
             assert _max_rel(b, a) < 1e-5
         assert _max_rel(results[1][1], results[0][1]) < 1e-4
     assert torch._dynamo.utils.counters['stats']['unique_graphs'] == 1
+
+
+def test_layer_norm_traced_on_cpu_returns_a_contiguous_map(monkeypatch):
+    """Eager on CPU ``LayerNorm2d`` returns ``F.layer_norm``'s channels-last
+    view; traced, a contiguous map (the same values), which inductor can
+    lay out with dynamic sizes."""
+    from overlock.layers import LayerNorm2d
+    norm = randomize_(LayerNorm2d(6), seed=1)
+    x = torch.randn(2, 6, 5, 7)
+    eager = norm(x)
+    assert not eager.is_contiguous()
+    monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: True)
+    traced = norm(x)
+    assert traced.is_contiguous() and torch.equal(traced, eager)
