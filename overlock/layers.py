@@ -127,12 +127,9 @@ def layer_norm_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
         out = F.layer_norm(x.permute(0, 2, 3, 1), weight.shape, weight,
                            bias, eps)
     out = out.permute(0, 3, 1, 2)
-    # traced: contiguous on CPU too (inductor lays the graph out itself, and
-    # failed to order a backbone output's strides when it was this view
-    # and the sizes dynamic)
-    if device == 'cpu' and not torch.compiler.is_compiling():
-        return out
-    return out.contiguous()
+    # on CPU the view (traced: contiguous, inductor lays out the graph)
+    keep = device == 'cpu' and not torch.compiler.is_compiling()
+    return out if keep else out.contiguous()
 
 
 #: kinds of the backbone's output norms (``OverLoCK(out_norm=...)``)
@@ -194,18 +191,12 @@ class GRN(nn.Module):
         if needs_grad(x, self.gamma, self.beta):
             if not torch.compiler.is_compiling():
                 return _GRNFunction.apply(x, self.gamma, self.beta, self.eps)
-            # traced: autograd's own formula (inductor fuses it; dynamo
-            # failed on this autograd.Function inside a recomputed segment
-            # with dynamic sizes), the norm's gradient 0 where it is 0; eps
-            # (GRN.eps) as a literal: with dynamic=True dynamo makes a float
-            # read from an attribute symbolic, which its checkpoint then
-            # fails to hold (torch 2.12)
-            gx = torch.linalg.vector_norm(
-                x, 2, dim=(2, 3), keepdim=True,
-                dtype=torch.float32 if x.dtype in HALF_DTYPES else None)
-            scale = _grn_scale(gx, self.gamma, 1e-6)[2]
-            return torch.addcmul(self.beta.to(x.dtype), x,
-                                 scale.to(x.dtype))
+            # traced: autograd's formula, eps (GRN.eps) a literal (dynamo
+            # failed on both in a recomputed segment with dynamic sizes)
+            acc = torch.float32 if x.dtype in HALF_DTYPES else None
+            gx = torch.linalg.vector_norm(x, 2, (2, 3), True, dtype=acc)
+            scale = _grn_scale(gx, self.gamma, 1e-6)[2].to(x.dtype)
+            return torch.addcmul(self.beta.to(x.dtype), x, scale)
         # x + beta + gamma * nx * x, in one pass over x (in x's dtype: under
         # autocast the float32 factor and shift are rounded to it, not x
         # promoted to float32)

@@ -6,6 +6,7 @@ from mmengine.logging import MMLogger
 from mmengine.model import BaseModule
 
 from overlock.checkpoint import load_checkpoint
+from overlock.compiler import compile_kwargs
 from overlock.model import OverLoCK
 
 __all__ = ['OverLoCKBackbone', 'register_backbone']
@@ -33,7 +34,8 @@ class OverLoCKBackbone(OverLoCK, BaseModule):
     (``nn.Module.compile``: parameter names and checkpoints unchanged), while
     the rest of the detector or segmentor runs eagerly. ``True`` for
     ``torch.compile``'s defaults or a dict of its arguments (``mode``,
-    ``backend``, ``dynamic``, ``fullgraph``, ``options``); in a config
+    ``backend``, ``dynamic``, ``fullgraph``, ``options``; inductor's layout
+    optimisation is turned off, see :mod:`overlock.compiler`); in a config
     ``model.backbone.compile=True`` or ``--cfg-options
     model.backbone.compile.mode=max-autotune-no-cudagraphs``. The backbone
     traces as one graph; with varying image sizes it compiles once for the
@@ -53,7 +55,8 @@ class OverLoCKBackbone(OverLoCK, BaseModule):
                     f'OverLoCKBackbone(compile=...) takes True or a dict of '
                     f'torch.compile arguments {sorted(_COMPILE_ARGS)}, got '
                     f'{compile!r}')
-            options = {} if compile is True else dict(compile)
+            options = compile_kwargs(
+                **({} if compile is True else dict(compile)))
             self.compile(**options)
             MMLogger.get_current_instance().info(
                 'OverLoCK backbone: torch.compile(%s), compiled on its first '

@@ -156,8 +156,12 @@ def measure(impl, arch, flavour, mode, size, batch, device, repeats, warmup,
     torch.manual_seed(0)
     model = build(impl, arch, flavour, device, size)
     if compile:  # inductor; the warm-up runs take the compilation
-        model = torch.compile(
-            model, mode=None if compile == 'default' else compile)
+        mode = None if compile == 'default' else compile
+        if impl in PEERS:
+            model = torch.compile(model, mode=mode)
+        else:  # with OverLoCK's options (overlock.compiler)
+            from overlock import compile_kwargs
+            model = torch.compile(model, **compile_kwargs(mode=mode))
     # CUDA graphs (reduce-overhead): each step is a new replay, so that the
     # previous step's outputs may be overwritten
     mark_step = torch.compiler.cudagraph_mark_step_begin \
@@ -330,8 +334,8 @@ def main(argv=None):
                    '(torch.profiler; default 15)')
     p.add_argument('--compile', nargs='?', const='default', default=None,
                    choices=COMPILE_MODES, metavar='MODE',
-                   help='torch.compile every implementation (inductor) in '
-                   'this mode: ' + ', '.join(COMPILE_MODES) + ' (CUDA '
+                   help='torch.compile every implementation (inductor; '
+                   'ours with overlock.compile_kwargs) in this mode: ' + ', '.join(COMPILE_MODES) + ' (CUDA '
                    'graphs: reduce-overhead, max-autotune); the warm-up '
                    'runs take the compilation. Defaults to no compilation; '
                    '--compile alone is the default mode')

@@ -93,7 +93,12 @@ def measure(config, args):
     model = build_model(cfg).to(args.device)  # PyTorch's default init
     if args.compile_backbone:  # in place: parameter names unchanged
         mode = args.compile_backbone
-        model.backbone.compile(mode=None if mode == 'default' else mode)
+        mode = None if mode == 'default' else mode
+        if model.backbone.__module__.startswith('overlock'):
+            from overlock import compile_kwargs
+            model.backbone.compile(**compile_kwargs(mode=mode))
+        else:
+            model.backbone.compile(mode=mode)
     # CUDA graphs: every iteration is a new replay (the previous one's
     # outputs may be overwritten)
     mark_step = torch.compiler.cudagraph_mark_step_begin \
