@@ -17,6 +17,15 @@ def _max_rel(a, b):
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
+def _train_step(model, x):
+    """``(outputs, input gradient)`` of a training step of ``model``."""
+    model.train()
+    xi = x.clone().requires_grad_()
+    y = model(xi)
+    sum((o * (i + 1)).sum() for i, o in enumerate(y)).backward()
+    return [o.detach() for o in y], xi.grad
+
+
 def test_compile_train_and_eval_equal_eager():
     torch._dynamo.reset()
     eager = randomize_(OverLoCK(TINY_ARCH, selective_cp=True), seed=4)
@@ -24,13 +33,7 @@ def test_compile_train_and_eval_equal_eager():
     compiled = torch.compile(model, backend='aot_eager')
     x = torch.randn(2, 3, 40, 36, generator=torch.Generator().manual_seed(0))
 
-    outs = []
-    for m in (eager, compiled):
-        m.train()
-        xi = x.clone().requires_grad_(True)
-        y = m(xi)
-        sum((o * (i + 1)).sum() for i, o in enumerate(y)).backward()
-        outs.append(([o.detach() for o in y], xi.grad))
+    outs = [_train_step(m, x) for m in (eager, compiled)]
     for a, b in zip(outs[0][0], outs[1][0]):
         assert _max_rel(b, a) < 1e-5
     # float32 in another op order (decomposed ops), through a randomised
@@ -310,13 +313,7 @@ def test_dynamic_sizes_train_in_one_graph():
     for size in ((160, 176), (192, 160)):
         x = torch.randn(2, 3, *size, generator=torch.Generator()
                         .manual_seed(size[0]))
-        results = []
-        for m in (eager, compiled):
-            m.train()
-            xi = x.clone().requires_grad_()
-            y = m(xi)
-            sum((o * (i + 1)).sum() for i, o in enumerate(y)).backward()
-            results.append(([o.detach() for o in y], xi.grad))
+        results = [_train_step(m, x) for m in (eager, compiled)]
         for a, b in zip(results[0][0], results[1][0]):
             assert _max_rel(b, a) < 1e-5
         assert _max_rel(results[1][1], results[0][1]) < 1e-4
