@@ -1,7 +1,9 @@
 """OverLoCK as an mmengine ``BaseModule``, and its registration."""
+import inspect
 import logging
 from typing import Optional, Union
 
+import torch
 from mmengine.logging import MMLogger
 from mmengine.model import BaseModule
 
@@ -12,8 +14,7 @@ from overlock.model import OverLoCK
 __all__ = ['OverLoCKBackbone', 'register_backbone']
 
 #: the arguments of ``torch.compile`` besides the model
-_COMPILE_ARGS = {'fullgraph', 'dynamic', 'backend', 'mode', 'options',
-                 'disable'}
+_COMPILE_ARGS = set(inspect.signature(torch.compile).parameters) - {'model'}
 
 
 class OverLoCKBackbone(OverLoCK, BaseModule):
@@ -48,15 +49,13 @@ class OverLoCKBackbone(OverLoCK, BaseModule):
         super().__init__(*args, **kwargs)
         self.init_cfg = init_cfg
         if compile:
-            if not isinstance(compile, (bool, dict)) or \
-                    set(compile if compile is not True else ()) - \
-                    _COMPILE_ARGS:
+            options = {} if compile is True else compile
+            if not isinstance(options, dict) or set(options) - _COMPILE_ARGS:
                 raise ValueError(
                     f'OverLoCKBackbone(compile=...) takes True or a dict of '
                     f'torch.compile arguments {sorted(_COMPILE_ARGS)}, got '
                     f'{compile!r}')
-            options = compile_kwargs(
-                **({} if compile is True else dict(compile)))
+            options = compile_kwargs(**options)
             self.compile(**options)
             MMLogger.get_current_instance().info(
                 'OverLoCK backbone: torch.compile(%s), compiled on its first '

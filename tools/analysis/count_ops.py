@@ -251,14 +251,14 @@ def main(argv=None):
                      if r['mode'] == mode and r['dtype'] == dtype]
             for r in group:
                 ratio = group[0]['ops'] / r['ops']
-                calls = (f'{r["python_calls"]:>10}'
-                         f'{group[0]["python_calls"] / r["python_calls"]:>7.1f}x'
-                         if py else '')
+                py_col = (f'{r["python_calls"]:>10}'
+                          f'{group[0]["python_calls"] / r["python_calls"]:>7.1f}x'
+                          if py else '')
                 mem = (f'{r["saved_mb"]:>10.1f}'
                        f'{group[0]["saved_mb"] / r["saved_mb"]:>7.2f}x'
                        if mode == 'train' else '')
                 print(f'{mode:<6}{dtype:<6}{r["impl"]:<12}{r["ops"]:>8}'
-                      f'{ratio:>8.1f}x{calls}{mem}')
+                      f'{ratio:>8.1f}x{py_col}{mem}')
     if args.top:
         for r in rows:
             if r['impl'] == 'ours':
