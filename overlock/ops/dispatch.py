@@ -11,12 +11,19 @@ eager execution the same implementations are called directly (or through
 an ``autograd.Function``): :func:`direct` says when. Compilation, dispatch
 modes (``FakeTensorMode``, ``FlopCounterMode``, ...), functorch
 transforms and tensor subclasses keep the custom op.
+
+:func:`needs_grad` also picks between a layer's training path and its
+inference one (GRN's one-pass formula), whose rounding differs; inside
+:func:`as_if_recorded` it answers as if grad mode were on.
 """
+import contextlib
+import threading
+
 import torch
 from torch import nn
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-__all__ = ['direct', 'needs_grad']
+__all__ = ['direct', 'needs_grad', 'as_if_recorded']
 
 _PLAIN = (torch.Tensor, nn.Parameter)
 
@@ -32,11 +39,33 @@ def direct(*tensors: torch.Tensor) -> bool:
     return all(t is None or type(t) in _PLAIN for t in tensors)
 
 
+class _Recorded(threading.local):
+    on = False
+
+
+_recorded = _Recorded()
+
+
+@contextlib.contextmanager
+def as_if_recorded():
+    """A no-grad region whose layers take the paths they take when autograd
+    records (the forward of a recomputed segment, which must give the bits
+    its recomputation in the backward gives)."""
+    before, _recorded.on = _recorded.on, True
+    try:
+        yield
+    finally:
+        _recorded.on = before
+
+
 def needs_grad(*tensors: torch.Tensor) -> bool:
     """Whether autograd records an operation on ``tensors`` now: grad mode
-    on and one of them requiring grad (``None`` entries are ignored)."""
+    on (or :func:`as_if_recorded`) and one of them requiring grad (``None``
+    entries are ignored)."""
     if not torch.is_grad_enabled():
-        return False
+        # traced code never sees the flag (short-circuited)
+        if torch.compiler.is_compiling() or not _recorded.on:
+            return False
     for t in tensors:  # a loop, not any(<generator>): dynamo traces it as is
         if t is not None and t.requires_grad:
             return True

@@ -12,7 +12,7 @@ workspaces):
     python tools/analysis/count_ops.py --cuda-path --dtype fp32 bf16 --top 15
 
 ``py calls`` (CPU): the Python function calls of the step (modules,
-autograd functions, the checkpoint's hooks, ...; C functions not counted):
+autograd functions, the recomputation, ...; C functions not counted):
 on a GPU, whose step is launch-bound, the host's Python work around the
 kernels, here measured without one.
 
@@ -170,8 +170,8 @@ def _python_calls(fn) -> int:
 
 class _Kept:
     """A saved tensor as autograd holds it: alive at the end of the forward
-    only if the graph still needs it (what a recomputed segment saved
-    inside its checkpoint is not seen here at all)."""
+    only if the graph still needs it (a recomputed segment saves its
+    inputs; what it computes inside is not kept, and not seen here)."""
     __slots__ = ('tensor', '__weakref__')
 
     def __init__(self, tensor):
