@@ -41,7 +41,7 @@ from .layers import chain
 from .ops.dispatch import as_if_recorded
 from .reparam import submodules
 
-__all__ = ['KeepRunningStats', 'recompute', 'Recompute']
+__all__ = ['KeepRunningStats', 'recompute', 'segment', 'Recompute']
 
 
 class KeepRunningStats:
@@ -135,7 +135,7 @@ def _conv_backward(conv: nn.Conv2d, x: torch.Tensor, grad: torch.Tensor,
     weight, bias = conv.weight, conv.bias
     device = x.device.type
     enabled = [dtype for d, on, dtype in state if d == device and on]
-    if enabled and x.dtype != torch.float64:  # autocast casts all three
+    if enabled and x.dtype != torch.float64:  # as autocast casts them
         xc, wc = x.to(enabled[0]), weight.to(enabled[0])
     else:
         xc, wc = x, weight
@@ -160,8 +160,7 @@ class _Segment(torch.autograd.Function):
     @staticmethod
     def forward(ctx, head, conv, modules, n_args, *tensors):
         args = tensors[:n_args]
-        ctx.head, ctx.conv, ctx.modules, ctx.n_args = head, conv, modules, \
-            n_args
+        ctx.head, ctx.conv, ctx.modules = head, conv, modules
         ctx.autocast = _autocast_state(args[0].device.type)
         # the parameters themselves: the gradients are matched to them by
         # identity, which saved-tensor hooks (save_on_cpu) do not keep
