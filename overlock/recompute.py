@@ -14,7 +14,7 @@ that keeps only its inputs and, in the backward, runs the segment again and
 differentiates it. ``torch.utils.checkpoint`` did the same through hooks on
 every tensor the segment saved: ~750 Python calls per segment, two thirds
 of the Python calls of an OverLoCK-T training step (118k; 38k without
-recomputation; now 64k), which on a GPU, where the step is launch-bound,
+recomputation; now 62k), which on a GPU, where the step is launch-bound,
 are host time. A segment ending in a pointwise convolution (``fc1``,
 ``fc2``, ``fusion.fc``, ``proj.conv``) differentiates that convolution
 directly (``aten.convolution_backward`` on the recomputed input): it runs
@@ -167,7 +167,7 @@ class _Segment(torch.autograd.Function):
         ctx.params = tensors[n_args:]
         ctx.save_for_backward(*args)
         # the layers' training paths, as in the backward's recomputation
-        # (GRN's inference formula rounds differently)
+        # (a no-grad path, e.g. GRN's one-pass formula, may round apart)
         with as_if_recorded():
             out = head(*args)
         return out if conv is None else conv(out)
@@ -194,9 +194,10 @@ class _Segment(torch.autograd.Function):
         if grad is not None and out.requires_grad and inputs:
             found.update(zip(map(id, inputs), torch.autograd.grad(
                 out, inputs, grad, allow_unused=True)))
+        # (lists: a generator's every step is a Python call)
         return (None, None, None, None,
-                *(found.get(id(t)) for t in args),
-                *(found.get(id(p)) for p in params))
+                *[found.get(id(t)) for t in args],
+                *[found.get(id(p)) for p in params])
 
 
 def segment(modules: Sequence[nn.Module], *args: torch.Tensor,

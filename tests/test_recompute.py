@@ -142,3 +142,33 @@ def test_segment_under_saved_tensor_hooks_that_copy():
         grads.append(_grads(out, x, mods))
     for a, b in zip(*grads):
         assert torch.equal(a, b)
+
+
+def test_segment_forward_takes_the_training_path():
+    """Inside a segment's forward (no autograd recording) the layers take
+    the paths they take while recording (``needs_grad`` answers as if grad
+    mode were on), so that the backward's recomputation reproduces the
+    forward's bits: a layer with another no-grad path (GRN's one-pass
+    formula) gives its training path's output."""
+    from overlock.ops.dispatch import as_if_recorded, needs_grad
+    w = torch.ones(1, requires_grad=True)
+    with torch.no_grad():
+        assert not needs_grad(w)
+        with as_if_recorded():
+            assert needs_grad(w) and not needs_grad(w.detach())
+        assert not needs_grad(w)
+
+    class Probe(nn.Module):  # marks which path ran
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(()))
+
+        def forward(self, x):
+            return x * self.w + (1. if needs_grad(x, self.w) else 2.)
+
+    probe = Probe()
+    x = torch.zeros(3, requires_grad=True)
+    out = segment([probe], x)
+    assert out.tolist() == [1., 1., 1.]
+    out.sum().backward()
+    assert probe.w.grad.item() == 0. and x.grad.tolist() == [1., 1., 1.]
