@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from overlock.layers import chain
 from overlock.recompute import segment
 
 
@@ -30,12 +31,6 @@ def _grads(out, x, mods, seed=1):
     return torch.autograd.grad(out, [x] + params, g)
 
 
-def _plain(mods, x):
-    for m in mods:
-        x = m(x)
-    return x
-
-
 @pytest.mark.parametrize('bias', [True, False])
 @pytest.mark.parametrize('dtype', [None, torch.bfloat16])
 def test_segment_equals_plain_autograd(bias, dtype):
@@ -44,7 +39,7 @@ def test_segment_equals_plain_autograd(bias, dtype):
     autocast (the pointwise convolution's backward done by hand casts as
     autocast does)."""
     results = []
-    for run in (_plain, lambda mods, x: segment(mods, x)):
+    for run in (chain, lambda mods, x: segment(mods, x)):
         mods = _modules(bias=bias)
         x = torch.randn(2, 6, 9, 11, generator=torch.Generator().manual_seed(3))
         x.requires_grad_(True)
@@ -102,7 +97,7 @@ def test_segment_with_head_and_frozen_parameters():
     x = torch.randn(2, 6, 9, 11, requires_grad=True)
 
     def head(g, y):
-        return _plain(mods[:3], g * y)
+        return chain(mods[:3], g * y)
 
     out = segment(mods, gate, x, head=head)
     torch.testing.assert_close(out, mods[3](head(gate, x)))
@@ -123,7 +118,7 @@ def test_segment_ending_in_another_module_uses_autograd():
     mods[3] = nn.Conv2d(6, 10, 3, padding=1, padding_mode='reflect')
     x = torch.randn(2, 6, 9, 11, requires_grad=True)
     grads = [_grads(run(mods, x), x, mods) for run in
-             (_plain, lambda mods, x: segment(mods, x))]
+             (chain, lambda mods, x: segment(mods, x))]
     for a, b in zip(*grads):
         assert torch.equal(a, b)
 
