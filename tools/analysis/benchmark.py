@@ -43,6 +43,7 @@ the process's peak resident set over the model's own footprint; on CUDA it is
 """
 import argparse
 import json
+import logging
 import os
 import os.path as osp
 import resource
@@ -223,8 +224,27 @@ def measure(impl, arch, flavour, mode, size, batch, device, repeats, warmup,
                times_ms=[t * 1e3 for t in times],
                peak_mem_mb=peak, compiled=compile)
     if profile_top:
-        res['profile'] = _profile(step, cuda, profile_top)
+        res['profile'] = _profile(step, cuda, profile_top) \
+            if cuda or _cpu_has_kernels(dtype) else (
+                f'profile skipped: this CPU has no oneDNN {dtype} '
+                f'convolutions, so PyTorch runs each {dtype} convolution '
+                f'group by group (slow_conv2d: one operation per channel of '
+                f'a depthwise convolution), millions of profiler events that '
+                f'need many GB; profile fp32 on this CPU')
     return res
+
+
+def _cpu_has_kernels(dtype: str) -> bool:
+    """Whether oneDNN runs this autocast dtype's convolutions on this CPU
+    (bfloat16 needs AVX512-BF16 or AMX, float16 AVX512-FP16 or AMX-FP16):
+    without them a half-precision CPU step is many times slower than
+    fp32 (measured on a 2-core AVX2 machine: 4-70x per convolution)."""
+    import torch
+    if dtype == 'bf16':
+        return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    if dtype == 'fp16':
+        return torch.ops.mkldnn._is_mkldnn_fp16_supported()
+    return True
 
 
 def _impl(spec):
@@ -265,25 +285,51 @@ def run_isolated(args, spec, mode, dtype):
     return res
 
 
-def _run_mode(args, mode, dtype):
+def _measure_cuda(args, impl, mode, dtype):
+    """One measurement in this process (CUDA); the caching allocator and the
+    compiler's caches are emptied afterwards, so that the next
+    implementation's peak memory and compilation start from scratch."""
+    import torch
+    try:
+        return measure(impl, args.arch, args.flavour, mode, tuple(args.size),
+                       args.batch, args.device, args.repeats, args.warmup,
+                       args.threads, dtype, args.profile, args.compile)
+    finally:
+        if args.compile:
+            torch._dynamo.reset()
+        torch.cuda.empty_cache()
+
+
+def _run_mode(args, mode, dtype, failed):
     """Every implementation in ``mode`` / ``dtype``, ``--rounds`` times
-    interleaved; one pooled result per implementation."""
+    interleaved; one pooled result per implementation. An implementation
+    that fails (out of memory, a compiler error) is logged with its
+    traceback, added to ``failed`` and skipped from then on: the others
+    are still measured."""
     impls = [i for i in dict.fromkeys(args.compare)
              if not (mode == 'train' and
                      i.partition('@')[0].endswith('deploy'))]
     rounds = {impl: [] for impl in impls}
+    broken = set()
     # rounds interleave the implementations, so that a slow phase of a
     # shared machine does not fall on one of them only
     for _ in range(args.rounds):
         for impl in impls:
-            if args.device.startswith('cuda'):
-                res = measure(impl, args.arch, args.flavour, mode,
-                              tuple(args.size), args.batch, args.device,
-                              args.repeats, args.warmup, args.threads, dtype,
-                              args.profile, args.compile)
-            else:
-                res = run_isolated(args, impl, mode, dtype)
-                res['malloc'] = args.malloc
+            if impl in broken:
+                continue
+            try:
+                if args.device.startswith('cuda'):
+                    res = _measure_cuda(args, impl, mode, dtype)
+                else:
+                    res = run_isolated(args, impl, mode, dtype)
+                    res['malloc'] = args.malloc
+            except Exception as e:  # reported, the run goes on
+                logging.getLogger('benchmark').exception(
+                    '%s %s %s failed', mode, dtype, impl)
+                broken.add(impl)
+                failed.append(dict(impl=impl, mode=mode, dtype=dtype,
+                                   error=f'{type(e).__name__}: {e}'[:2000]))
+                continue
             rounds[impl].append(res)
             # progress, so that an interrupted run still reports
             print(f'# {mode} {dtype} {impl}: {res["median_ms"]:.1f} ms, '
@@ -291,6 +337,8 @@ def _run_mode(args, mode, dtype):
                   flush=True)
     results = []
     for impl in impls:
+        if impl in broken:
+            continue
         res = dict(rounds[impl][0])
         times = [t for r in rounds[impl] for t in r['times_ms']]
         res.update(median_ms=statistics.median(times), min_ms=min(times),
@@ -357,18 +405,25 @@ def main(argv=None):
 
     if args.device != 'cpu' and any('@' in c for c in args.compare):
         p.error('IMPL@DIR runs in separate processes: CPU only')
+    logging.basicConfig(format='%(levelname)s %(name)s: %(message)s')
     modes = ['eval', 'train'] if args.mode == 'both' else [args.mode]
-    results = []
+    results, failed = [], []
     for mode in modes:
         for dtype in args.dtype:
-            results += _run_mode(args, mode, dtype)
-
+            results += _run_mode(args, mode, dtype, failed)
+    device_name = results[0]['device_name'] if results else args.device
     print(f'OverLoCK-{args.arch.upper()} {args.flavour}, input '
           f'{args.batch}x3x{args.size[0]}x{args.size[1]}, '
-          f'{results[0]["device_name"]} ({args.device}), median of '
+          f'{device_name} ({args.device}), median of '
           f'{args.rounds} x {args.repeats} after {args.warmup} warm-up' +
           (f', torch.compile ({args.compile})' if args.compile else '') +
           (f', malloc {args.malloc}' if args.device == 'cpu' else ''))
+    slow = [d for d in args.dtype if args.device == 'cpu' and
+            not _cpu_has_kernels(d)]
+    if slow:
+        print(f'note: this CPU has no oneDNN {"/".join(slow)} convolutions; '
+              f'PyTorch falls back to per-group kernels, many times slower '
+              f'than fp32, for every model alike')
     width = max([15] + [len(r['impl']) + 2 for r in results])
     head = f'{"mode":<6}{"dtype":<6}{"impl":<{width}}{"median ms":>11}' \
            f'{"min ms":>10}{"peak MB":>10}{"speed-up":>10}{"mem ratio":>11}'
@@ -392,10 +447,14 @@ def main(argv=None):
         if r.get('profile'):
             print(f'\nprofile: {r["mode"]} {r["dtype"]} {r["impl"]}')
             print(r['profile'])
+    for r in failed:
+        print(f'FAILED {r["mode"]} {r["dtype"]} {r["impl"]}: {r["error"]}')
     if args.json:
         os.makedirs(osp.dirname(osp.abspath(args.json)), exist_ok=True)
-        with open(args.json, 'w') as f:
-            json.dump(results, f, indent=2)
+        with open(args.json, 'w') as f:  # failures as entries with 'error'
+            json.dump(results + failed, f, indent=2)
+    if failed:
+        raise SystemExit(1)
 
 
 if __name__ == '__main__':

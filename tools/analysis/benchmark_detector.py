@@ -19,6 +19,7 @@ baseline of the ratio column.
 """
 import argparse
 import json
+import logging
 import os
 import os.path as osp
 import statistics
@@ -178,9 +179,22 @@ def main(argv=None):
     import torch
     device_name = torch.cuda.get_device_name(args.device) \
         if args.device.startswith('cuda') else 'CPU'
-    results = []
+    logging.basicConfig(format='%(levelname)s %(name)s: %(message)s')
+    results, failed = [], []
     for config in args.configs:
-        results.append(measure(config, args))
+        try:
+            results.append(measure(config, args))
+        except Exception as e:  # reported; the other configs still run
+            logging.getLogger('benchmark_detector').exception(
+                '%s failed', config)
+            failed.append(dict(config=config,
+                               error=f'{type(e).__name__}: {e}'[:2000]))
+            continue
+        finally:
+            if args.device.startswith('cuda'):
+                if args.compile_backbone:
+                    torch._dynamo.reset()
+                torch.cuda.empty_cache()
         # progress, so that an interrupted run still reports
         print(f'# {config}: ' + ', '.join(
             f'{m} {r["median_s"]:.3f} s/iter, {r["peak_mem_mb"]:.0f} MB'
@@ -202,12 +216,17 @@ def main(argv=None):
             print(f'{mode:<6}{name:<56}{r[mode]["median_s"]:>9.3f}'
                   f'{r[mode]["min_s"]:>9.3f}{r[mode]["peak_mem_mb"]:>10.0f}'
                   f'{ratio:>7.2f}x')
+    for r in failed:
+        print(f'FAILED {r["config"]}: {r["error"]}')
     if args.json:
         os.makedirs(osp.dirname(osp.abspath(args.json)), exist_ok=True)
         with open(args.json, 'w') as f:
             json.dump(dict(device=device_name, amp=args.amp,
                            size=list(args.size), batch=args.batch,
-                           results=results), f, indent=2)
+                           compile_backbone=args.compile_backbone,
+                           results=results, failed=failed), f, indent=2)
+    if failed:
+        raise SystemExit(1)
 
 
 if __name__ == '__main__':
