@@ -5,7 +5,7 @@ depthwise convolution) are ``torch.library`` custom ops, so that autograd,
 fake tensors, the FLOP counter and ``torch.compile`` see one operator. A
 custom op pays for that in host time on every call: its Python layers
 (schema binding, the autograd wrapper, the dispatcher's Python kernels)
-cost ~20-60 µs per call on a 2-core CPU (see the README), ~0.3 ms in an
+cost ~20-60 µs per call on a 2-core CPU (docs/performance.md), ~0.3 ms in an
 H100 profile. A GPU training step of OverLoCK is host-bound, so in plain
 eager execution the same implementations are called directly (or through
 an ``autograd.Function``): :func:`direct` says when. Compilation, dispatch

@@ -2,7 +2,7 @@
 """Operations of one backbone training step or eval forward: ours against
 the timm peers, counted with a ``TorchDispatchMode`` (views and bare
 allocations excluded). On a GPU each operation is a kernel launch, and our
-step there is launch-bound (see the README, "On GPUs"), so the count is
+step there is launch-bound (see docs/performance.md, "On GPUs"), so the count is
 the device-free measure of that overhead. Training rows also show the
 activation memory the forward keeps for the backward (``saved MB``: each
 storage once; the peak's main part, without parameters, gradients and
