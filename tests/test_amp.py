@@ -80,13 +80,17 @@ def test_bf16_autocast_eval_close_to_fp32():
         assert _rel(o.float(), r) < OUT_TOL
 
 
-def test_norm_output_cast_once_for_all_branches():
+def test_norm_output_cast_once_for_all_branches(monkeypatch):
     """Under autocast a float32 input (a norm's output: float32 under CUDA
     autocast) is cast once for the dilated re-param block's eight
     convolutions, not once per convolution, and its gradient cast back
-    once."""
+    once. The convolutions run in bfloat16 as on a GPU or a CPU with
+    oneDNN bfloat16 kernels (elsewhere the CPU computes them in float32,
+    casting per convolution: tests/test_ops.py)."""
     from torch.utils._python_dispatch import TorchDispatchMode
     from overlock.layers import DilatedReparamBlock
+    from overlock.ops import dwconv
+    monkeypatch.setattr(dwconv, 'has_half_kernels', lambda dtype: True)
 
     class MapCasts(TorchDispatchMode):
         """Casts of (2, 8, H, W) tensors: activations and their gradients

@@ -202,6 +202,69 @@ def test_depthwise_conv_gradcheck_float64(mode):
             (x, w, b))
 
 
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize('autocast', [False, True])
+def test_half_depthwise_conv_on_cpu_without_onednn_kernels(
+        monkeypatch, dtype, autocast):
+    """On a CPU without oneDNN half kernels, half-precision depthwise
+    convolutions run the float32 path on the tensors' exact values (ATen
+    would run them channel by channel): float32's numbers rounded to the
+    half dtype, gradients in the inputs' dtypes, the half tensors (not
+    float32 copies) kept for the backward; where oneDNN has the kernels,
+    ATen's convolution."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from overlock.ops import dwconv
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    monkeypatch.setattr(dwconv, 'has_half_kernels', lambda d: False)
+    torch.manual_seed(6)
+    x32 = torch.randn(2, 6, 13, 11).to(dtype).float()
+    w32 = torch.randn(6, 1, 7, 7).to(dtype).float()
+    b32 = torch.randn(6).to(dtype).float()
+    gy = torch.randn(2, 6, 13, 11).to(dtype)
+    if autocast:  # float32 leaves, cast by autocast as F.conv2d would be
+        x, w, b = (t.clone().requires_grad_() for t in (x32, w32, b32))
+    else:
+        x, w, b = (t.to(dtype).requires_grad_() for t in (x32, w32, b32))
+    kept = []
+    with Ops() as seen, torch.autograd.graph.saved_tensors_hooks(
+            lambda t: kept.append(t) or t, lambda t: t), \
+            torch.autocast('cpu', dtype=dtype, enabled=autocast):
+        y = ops.depthwise_conv2d(x, w, b, 6, 2)
+    y.backward(gy)
+    assert y.dtype == dtype
+    assert not [n for n in seen.names if 'slow_conv2d' in n or 'thnn' in n]
+    assert {t.dtype for t in kept if t.dim() == 4} == {dtype}
+    ref = F.conv2d(x32.double(), w32.double(), b32.double(), 1, 6, 2, 6)
+    # float32's result rounded once: within half a unit of the last place
+    eps = torch.finfo(dtype).eps
+    torch.testing.assert_close(y.double(), ref, rtol=eps / 2, atol=1e-6)
+    xr, wr, br = (t.double().requires_grad_() for t in (x32, w32, b32))
+    F.conv2d(xr, wr, br, 1, 6, 2, 6).backward(gy.double())
+    for got, want, leaf in ((x.grad, xr.grad, x), (w.grad, wr.grad, w),
+                            (b.grad, br.grad, b)):
+        assert got.dtype == leaf.dtype
+        # float32 accumulation, rounded once to the half dtype (also under
+        # autocast, whose casts' gradients pass through it)
+        err = (got.double() - want).abs().max() / want.abs().max()
+        assert err.item() < eps
+    # a CPU with the kernels: ATen's half convolution itself
+    monkeypatch.setattr(dwconv, 'has_half_kernels', lambda d: True)
+    with Ops() as seen, torch.no_grad():
+        ops.depthwise_conv2d(x.detach().to(dtype), w.detach().to(dtype),
+                             None, 6, 2)
+    assert seen.names.count('convolution') == 1
+
+
 def test_cpu_conv_mode_validation():
     with pytest.raises(ValueError, match=r"cpu_conv must be one of \('auto', 'cf', 'cl', 'aten'\)"):
         ops.set_cpu_conv_mode('fast')

@@ -31,7 +31,11 @@
   timed once (:class:`~overlock.ops.autotune.AutoTuner`); the backward takes
   the input gradient as a flipped-kernel forward and the weight gradient as a
   grouped convolution, both much faster than oneDNN's own backward kernels
-  for large kernels (``tools/analysis/bench_dwconv.py``);
+  for large kernels (``tools/analysis/bench_dwconv.py``). Half precision
+  (e.g. bfloat16 autocast): oneDNN's kernels on CPUs that have them
+  (:func:`~overlock.ops.cpu.has_half_kernels`); elsewhere the same
+  float32 path on the half tensors' exact float32 values, the results
+  rounded back (ATen would run them channel by channel, 4-70x slower);
 * ``cpu_conv='aten'``, the reference mode or ``torch.compile`` (CPU): plain
   ``F.conv2d`` (under compile: one graph, no timing in it).
 """
@@ -47,7 +51,7 @@ from torch.utils.flop_counter import register_flop_formula
 from ..config import settings
 from .accelerators import load_triton, igemm_functions, triton_kernels
 from .autotune import AutoTuner, cuda_time_once
-from .cpu import is_channels_last, layout_of
+from .cpu import has_half_kernels, is_channels_last, layout_of
 from .dispatch import direct, needs_grad
 
 __all__ = ['depthwise_conv2d', 'dilate_kernel', 'tuned_choices']
@@ -128,14 +132,36 @@ def _weight_grad(x, grad_out, kernel_size, padding, dilation):
     return out.view(c, 1, kernel_size, kernel_size)
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _float32(t):
+    """Half-precision tensors as float32 (their values are exact in it)."""
+    return t.float() if t is not None and t.dtype in _HALF else t
+
+
+def _cpu_forward(x, weight, bias, padding, dilation):
+    """The CPU forward in its timed plan; half tensors computed in float32
+    and the result rounded to ``x``'s dtype (as a half kernel accumulating
+    in float32 rounds it), autocast off (it would cast them back)."""
+    dtype = x.dtype
+    with torch.autocast('cpu', enabled=False):
+        x, weight, bias = _float32(x), _float32(weight), _float32(bias)
+        out = _conv_forward(x, weight, bias, padding, dilation,
+                            _conv_plan(x, weight, padding, dilation))
+    # no cast op when none is needed (a traced graph would keep its dtype)
+    return out if out.dtype == dtype else out.to(dtype)
+
+
 class _DepthwiseConvCPU(torch.autograd.Function):
+    """The CPU convolution with its faster backward; half tensors are kept
+    as they are and computed in float32 (:func:`_cpu_forward`)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, padding, dilation):
-        plan = _conv_plan(x, weight, padding, dilation)
         ctx.save_for_backward(x, weight)
-        ctx.conf = (padding, dilation, bias is not None)
-        return _conv_forward(x, weight, bias, padding, dilation, plan)
+        ctx.conf = (padding, dilation, None if bias is None else bias.dtype)
+        return _cpu_forward(x, weight, bias, padding, dilation)
 
     @staticmethod
     # never compiled: a backward run by a compiled train step (mmengine's
@@ -145,24 +171,29 @@ class _DepthwiseConvCPU(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out):
         x, weight = ctx.saved_tensors
-        padding, dilation, has_bias = ctx.conf
-        grad_out = grad_out.contiguous()
+        padding, dilation, bias_dtype = ctx.conf
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         grad_x = grad_w = grad_b = None
-        if need_x:
-            # stride 1, symmetric padding: the input gradient is the
-            # correlation of grad_out with the flipped kernel, i.e. another
-            # forward depthwise convolution (in its fastest layout); oneDNN's
-            # backward-data kernel is far slower for dilated kernels
-            w_flip = weight.flip(-1, -2)
-            grad_x = _conv_forward(
-                grad_out, w_flip, None, padding, dilation,
-                _conv_plan(grad_out, w_flip, padding, dilation))
-        if need_w:
-            grad_w = _weight_grad(x.contiguous(), grad_out, weight.shape[-1],
-                                  padding, dilation)
-        if need_b and has_bias:
-            grad_b = grad_out.sum((0, 2, 3))
+        with torch.autocast('cpu', enabled=False):
+            x32, w32 = _float32(x), _float32(weight)
+            grad_out = _float32(grad_out).contiguous()
+            if need_x:
+                # stride 1, symmetric padding: the input gradient is the
+                # correlation of grad_out with the flipped kernel, i.e.
+                # another forward depthwise convolution (in its fastest
+                # layout); oneDNN's backward-data kernel is far slower for
+                # dilated kernels
+                w_flip = w32.flip(-1, -2)
+                grad_x = _conv_forward(
+                    grad_out, w_flip, None, padding, dilation,
+                    _conv_plan(grad_out, w_flip, padding, dilation)
+                ).to(x.dtype)
+            if need_w:
+                grad_w = _weight_grad(x32.contiguous(), grad_out,
+                                      weight.shape[-1], padding, dilation
+                                      ).to(weight.dtype)
+            if need_b and bias_dtype is not None:
+                grad_b = grad_out.sum((0, 2, 3)).to(bias_dtype)
         return grad_x, grad_w, grad_b, None, None
 
 
@@ -522,14 +553,16 @@ def depthwise_conv2d(x: torch.Tensor,
             return F.conv2d(x, weight, bias, 1, padding, dilation,
                             weight.shape[0])
     # under torch.compile: aten's convolution (traceable, and inductor
-    # knows it); the timed plans above are Python dynamo would break on
+    # knows it); the timed plans above are Python dynamo would break on.
+    # Half precision: oneDNN's kernels where this CPU has them; where not,
+    # ATen would run the convolution channel by channel (slow_conv2d,
+    # 4-70x slower than float32), so it is computed in float32
     if settings.cpu_conv == 'aten' or settings.reference or \
-            torch.compiler.is_compiling() or \
-            x.dtype not in (torch.float32, torch.float64) or x.dim() != 4:
+            torch.compiler.is_compiling() or x.dim() != 4 or \
+            x.dtype not in (torch.float32, torch.float64) + _HALF or \
+            (x.dtype in _HALF and has_half_kernels(x.dtype)):
         return F.conv2d(x, weight, bias, 1, padding, dilation,
                         weight.shape[0])
     if not needs_grad(x, weight, bias):
-        return _conv_forward(
-            x, weight, bias, padding, dilation,
-            _conv_plan(x, weight, padding, dilation))
+        return _cpu_forward(x, weight, bias, padding, dilation)
     return _DepthwiseConvCPU.apply(x, weight, bias, padding, dilation)
