@@ -25,7 +25,6 @@ and the switches in :mod:`overlock.config`.
 from typing import Dict, List, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -34,6 +33,7 @@ from .archs import ARCH_DEFAULTS, ARCH_SETTINGS, resolve_arch
 from .blocks import DynamicConvBlock, RepConvBlock
 from .layers import (GRN, DilatedReparamBlock, LayerScale,
                      chain, OUT_NORMS, conv_bn, make_out_norm, make_stem)
+from .ops.contmix import upsample_bilinear
 
 __all__ = ['OverLoCK', 'ARCH_SETTINGS', 'ARCH_DEFAULTS', 'RepConvBlock',
            'DynamicConvBlock']
@@ -341,8 +341,7 @@ class OverLoCK(nn.Module):
         x = chain(self.blocks3, self.patch_embed3(x))
         overview = chain(self.blocks4, self.patch_embed4(x))
         ctx_ori = self.high_level_proj(overview)
-        ctx_up = F.interpolate(
-            ctx_ori, size=x.shape[2:], mode='bilinear', align_corners=False)
+        ctx_up = upsample_bilinear(ctx_ori, x.shape[2:])
         ctx = ctx_up
         for blk in self.sub_blocks3:
             x, ctx = blk(x, ctx, ctx_up)

@@ -48,7 +48,7 @@ __all__ = [
     'neighborhood_bias_index', 'bias_index', 'neighborhood_bias',
     'neighborhood_bias_grad', 'uses_natten', 'check_map_size',
     'contmix_size',
-    'at_contmix_size'
+    'at_contmix_size', 'upsample_bilinear'
 ]
 
 
@@ -172,6 +172,19 @@ def contmix_size(height: int, width: int,
     return int(kernel_size / width * height), kernel_size
 
 
+def upsample_bilinear(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """``F.interpolate(x, size, mode='bilinear', align_corners=False)``.
+
+    Under ``torch.compile`` a 1x1 map is broadcast instead (what bilinear
+    interpolation of one pixel gives, exactly): inductor's CPU backend
+    (torch 2.12) fails to compile the interpolation's backward for a 1x1
+    input (a vectorised scatter-add), which the tiny maps of small inputs
+    reach (the Overview-Net's context, stage 4 at 32x32)."""
+    if torch.compiler.is_compiling() and x.shape[-2:] == (1, 1):
+        return x.expand(*x.shape[:-2], *size).contiguous()
+    return F.interpolate(x, size=size, mode='bilinear', align_corners=False)
+
+
 def at_contmix_size(fn, x: torch.Tensor, x_f: torch.Tensor,
                     kernel_size: int) -> torch.Tensor:
     """``fn(x, x_f)``, run on maps enlarged to :func:`contmix_size`
@@ -181,8 +194,7 @@ def at_contmix_size(fn, x: torch.Tensor, x_f: torch.Tensor,
     size = contmix_size(height, width, kernel_size)
     if size == (height, width):
         return fn(x, x_f)
-    x = F.interpolate(x, size=size, mode='bilinear', align_corners=False)
-    x_f = F.interpolate(x_f, size=size, mode='bilinear', align_corners=False)
+    x, x_f = upsample_bilinear(x, size), upsample_bilinear(x_f, size)
     return F.adaptive_avg_pool2d(fn(x, x_f), (height, width))
 
 
