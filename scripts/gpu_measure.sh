@@ -5,7 +5,8 @@
 #
 #   bash scripts/gpu_measure.sh RESULTS STAGE [STAGE ...]
 #
-# Stages (approximate H100 minutes in brackets; each step has its own time
+# Stages (estimated H100 minutes in brackets, not yet measured: the script
+# has not run on a GPU; each step has its own time
 # limit, so that a hanging step costs its limit, not the call):
 #   env       the GPU, versions, Triton kernel variants compiled for it (1)
 #   tests     the GPU-relevant tests on the real compiler (3-5)

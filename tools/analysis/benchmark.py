@@ -235,16 +235,12 @@ def measure(impl, arch, flavour, mode, size, batch, device, repeats, warmup,
 
 
 def _cpu_has_kernels(dtype: str) -> bool:
-    """Whether oneDNN runs this autocast dtype's convolutions on this CPU
-    (bfloat16 needs AVX512-BF16 or AMX, float16 AVX512-FP16 or AMX-FP16):
-    without them a half-precision CPU step is many times slower than
-    fp32 (measured on a 2-core AVX2 machine: 4-70x per convolution)."""
+    """Whether oneDNN runs this autocast dtype's (``'fp16'`` / ``'bf16'``)
+    convolutions on this CPU (:func:`overlock.ops.cpu.has_half_kernels`)."""
     import torch
-    if dtype == 'bf16':
-        return torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    if dtype == 'fp16':
-        return torch.ops.mkldnn._is_mkldnn_fp16_supported()
-    return True
+
+    from overlock.ops.cpu import has_half_kernels
+    return dtype == 'fp32' or has_half_kernels(getattr(torch, DTYPES[dtype]))
 
 
 def _impl(spec):
