@@ -89,6 +89,16 @@ def _replace_sync_bn(obj):
             _replace_sync_bn(v)
 
 
+def end_distributed() -> None:
+    """Destroy the default process group, if any, once the run is over, as
+    torch asks of every distributed program (a group left to the
+    interpreter's teardown is a suspect, not confirmed, of a rare abort at
+    the exit of the two-process CPU test: "terminate called without an
+    active exception")."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def prepare_runtime(cfg, launcher: str = 'none') -> None:
     """Make a config runnable where CUDA is absent: gloo backend, DDP without
     device ids, BatchNorm instead of SyncBN (in place). With CUDA: nothing.
