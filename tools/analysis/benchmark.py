@@ -281,19 +281,31 @@ def run_isolated(args, spec, mode, dtype):
     return res
 
 
+def error_text(e: BaseException) -> str:
+    """A failure as written into the results (type and message, bounded)."""
+    return f'{type(e).__name__}: {e}'[:2000]
+
+
+def release_cuda(compiled) -> None:
+    """Empty the caching allocator (and the compiler's caches after a
+    compiled run), so that the next measurement's peak memory and
+    compilation start from scratch."""
+    import torch
+    if compiled:
+        torch._dynamo.reset()
+    torch.cuda.empty_cache()
+
+
 def _measure_cuda(args, impl, mode, dtype):
     """One measurement in this process (CUDA); the caching allocator and the
     compiler's caches are emptied afterwards, so that the next
     implementation's peak memory and compilation start from scratch."""
-    import torch
     try:
         return measure(impl, args.arch, args.flavour, mode, tuple(args.size),
                        args.batch, args.device, args.repeats, args.warmup,
                        args.threads, dtype, args.profile, args.compile)
     finally:
-        if args.compile:
-            torch._dynamo.reset()
-        torch.cuda.empty_cache()
+        release_cuda(args.compile)
 
 
 def _run_mode(args, mode, dtype, failed):
@@ -324,7 +336,7 @@ def _run_mode(args, mode, dtype, failed):
                     '%s %s %s failed', mode, dtype, impl)
                 broken.add(impl)
                 failed.append(dict(impl=impl, mode=mode, dtype=dtype,
-                                   error=f'{type(e).__name__}: {e}'[:2000]))
+                                   error=error_text(e)))
                 continue
             rounds[impl].append(res)
             # progress, so that an interrupted run still reports

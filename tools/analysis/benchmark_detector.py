@@ -30,7 +30,8 @@ ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 
-from benchmark import COMPILE_MODES, CUDAGRAPH_MODES  # noqa: E402
+from benchmark import (COMPILE_MODES, CUDAGRAPH_MODES, error_text,  # noqa: E402
+                       release_cuda)
 
 DEFAULT_CONFIGS = [
     osp.join(ROOT, 'configs', 'mask_rcnn_overlock_t_fpn_1x_coco.py'),
@@ -187,14 +188,11 @@ def main(argv=None):
         except Exception as e:  # reported; the other configs still run
             logging.getLogger('benchmark_detector').exception(
                 '%s failed', config)
-            failed.append(dict(config=config,
-                               error=f'{type(e).__name__}: {e}'[:2000]))
+            failed.append(dict(config=config, error=error_text(e)))
             continue
         finally:
             if args.device.startswith('cuda'):
-                if args.compile_backbone:
-                    torch._dynamo.reset()
-                torch.cuda.empty_cache()
+                release_cuda(args.compile_backbone)
         # progress, so that an interrupted run still reports
         print(f'# {config}: ' + ', '.join(
             f'{m} {r["median_s"]:.3f} s/iter, {r["peak_mem_mb"]:.0f} MB'
