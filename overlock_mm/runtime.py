@@ -4,8 +4,11 @@ config -> model. Needs mmengine; imports mmdet / mmseg / mmpretrain only
 through a config's ``custom_imports``, as the mm runner does.
 """
 import contextlib
+import gc
 import importlib
+import logging
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -89,14 +92,64 @@ def _replace_sync_bn(obj):
             _replace_sync_bn(v)
 
 
-def end_distributed() -> None:
-    """Destroy the default process group, if any, once the run is over, as
-    torch asks of every distributed program (a group left to the
-    interpreter's teardown is a suspect, not confirmed, of a rare abort at
-    the exit of the two-process CPU test: "terminate called without an
-    active exception")."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+#: set once a gloo process group has been destroyed in this process; see
+#: :func:`exit_program`
+_GLOO_WORKERS_LEFT = False
+
+
+@contextlib.contextmanager
+def distributed_run():
+    """Wrap a tool's run so that its process group ends with it.
+
+    On success every rank first waits for the others (a barrier: no rank
+    leaves while a peer still reads its last collective), then the default
+    group is destroyed, as torch asks of every distributed program. On an
+    exception the group is destroyed without the barrier (a peer may be gone)
+    and the exception propagates. Without a group: nothing.
+    """
+    try:
+        yield
+    except BaseException:
+        _destroy_group(barrier=False)
+        raise
+    _destroy_group(barrier=True)
+
+
+def _destroy_group(barrier: bool) -> None:
+    global _GLOO_WORKERS_LEFT
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    gloo = dist.get_backend() == 'gloo'
+    if barrier:
+        dist.barrier()
+    dist.destroy_process_group()
+    _GLOO_WORKERS_LEFT = _GLOO_WORKERS_LEFT or gloo
+
+
+def exit_program(code: int = 0) -> None:
+    """End ``tools/train.py`` / ``tools/test.py`` run as programs.
+
+    After a gloo run the process leaves with :func:`os._exit` once the
+    runner's dataloader workers are shut down and the logs and standard
+    streams are flushed; otherwise with ``sys.exit(code)``.
+
+    Why: torch never frees a gloo group once ``torch.distributed.nn`` is
+    imported (DDP imports it; its functions keep ``group.WORLD`` as a
+    default argument), so the group's worker threads outlive
+    :func:`distributed_run`. A worker that drops the last reference to a
+    finished collective's Python tensors while the interpreter finalizes
+    takes the GIL of a dying interpreter and aborts the process with
+    SIGABRT ("terminate called without an active exception", about 1 run in
+    5 of the two-process CPU test; pytorch/pytorch#190489). Skipping the
+    interpreter teardown is the only exit that cannot race with them.
+    """
+    if not _GLOO_WORKERS_LEFT:
+        sys.exit(code)
+    gc.collect()  # runners in reference cycles: their dataloader workers
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
 
 
 def prepare_runtime(cfg, launcher: str = 'none') -> None:

@@ -26,7 +26,8 @@ from mmengine.registry import RUNNERS  # noqa: E402
 
 from overlock_mm.console import CONSOLE_MODES, runner_class  # noqa
 from overlock_mm.runtime import (EVAL_METRICS, apply_eval_metrics,  # noqa
-                                 end_distributed, mmengine_checkpoints,
+                                 distributed_run, exit_program,
+                                 mmengine_checkpoints,
                                  prepare_runtime)
 
 
@@ -130,11 +131,10 @@ def main(argv=None):
                 else runner.model
             load_checkpoint(model, args.checkpoint,
                             logger=MMLogger.get_current_instance())
-        try:
+        with distributed_run():
             return runner.test()
-        finally:
-            end_distributed()
 
 
 if __name__ == '__main__':
     main()
+    exit_program()

@@ -21,8 +21,8 @@ from mmengine.logging import print_log  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
 
 from overlock_mm.console import CONSOLE_MODES, runner_class  # noqa
-from overlock_mm.runtime import (end_distributed, mmengine_checkpoints,  # noqa
-                                 prepare_runtime)
+from overlock_mm.runtime import (distributed_run, exit_program,  # noqa
+                                 mmengine_checkpoints, prepare_runtime)
 
 
 def parse_args(argv=None):
@@ -95,11 +95,10 @@ def main(argv=None):
     runner = RUNNERS.build(cfg) if 'runner_type' in cfg \
         else runner_class(args.console).from_cfg(cfg)
     with mmengine_checkpoints():
-        try:
+        with distributed_run():
             runner.train()
-        finally:
-            end_distributed()
 
 
 if __name__ == '__main__':
     main()
+    exit_program()
