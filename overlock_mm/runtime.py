@@ -127,7 +127,7 @@ def _destroy_group(barrier: bool) -> None:
 
 
 def exit_program(code: int = 0) -> None:
-    """End ``tools/train.py`` / ``tools/test.py`` run as programs.
+    """End a run of ``tools/train.py`` or ``tools/test.py`` as a program.
 
     After a gloo run the process leaves with :func:`os._exit` once the
     runner's dataloader workers are shut down and the logs and standard
