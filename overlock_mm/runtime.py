@@ -9,6 +9,8 @@ import importlib
 import logging
 import os
 import sys
+import traceback
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -150,6 +152,22 @@ def exit_program(code: int = 0) -> None:
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     os._exit(code)
+
+
+def run_program(main: Callable[[], object]) -> None:
+    """Run a tool's ``main()`` as a program, ending it with
+    :func:`exit_program`: exit status 0, or 1 with the traceback printed
+    when ``main`` raises after a gloo run (whose teardown could otherwise
+    turn the failure into the abort described there). Other exceptions
+    propagate as usual (argparse's exit, failures before a group exists)."""
+    try:
+        main()
+    except BaseException:
+        if not _GLOO_WORKERS_LEFT:
+            raise
+        traceback.print_exc()
+        exit_program(1)
+    exit_program(0)
 
 
 def prepare_runtime(cfg, launcher: str = 'none') -> None:

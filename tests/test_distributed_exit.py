@@ -1,6 +1,6 @@
 """How tools/train.py and tools/test.py end a distributed run
-(overlock_mm.runtime.distributed_run / exit_program), in real gloo groups of
-one process."""
+(overlock_mm.runtime.distributed_run / exit_program / run_program), in real
+gloo groups of one process."""
 import os
 import random
 import subprocess
@@ -16,7 +16,8 @@ pytest.importorskip('mmengine')
 PRELUDE = textwrap.dedent('''
     import logging, os, sys
     import torch, torch.distributed as dist
-    from overlock_mm.runtime import distributed_run, exit_program
+    from overlock_mm.runtime import (distributed_run, exit_program,
+                                     run_program)
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT='{port}',
                       RANK='0', WORLD_SIZE='1')
 ''')
@@ -86,3 +87,42 @@ def test_runs_without_a_group_exit_normally(tmp_path):
     ''', tmp_path)
     assert proc.returncode == 4, proc.stderr
     assert proc.stdout == 'teardown\n'
+
+
+def test_program_failing_after_a_gloo_run_exits_1_with_its_traceback(
+        tmp_path):
+    proc = _run('''
+        import atexit
+        atexit.register(lambda: print('teardown'))
+
+        def main():
+            dist.init_process_group('gloo')
+            with distributed_run():
+                model = torch.nn.parallel.DistributedDataParallel(
+                    torch.nn.Linear(3, 3))
+                raise RuntimeError('CUDA out of memory (pretend)')
+
+        run_program(main)
+    ''', tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.rstrip().endswith(
+        'RuntimeError: CUDA out of memory (pretend)')
+    assert 'Traceback' in proc.stderr and 'terminate' not in proc.stderr
+    assert proc.stdout == ''  # no interpreter teardown
+
+
+def test_program_without_a_group_runs_as_usual(tmp_path):
+    proc = _run('''
+        def main():
+            raise ValueError('bad config')
+
+        run_program(main)
+    ''', tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr.rstrip().endswith('ValueError: bad config')
+    proc = _run('''
+        import atexit
+        atexit.register(lambda: print('teardown'))
+        run_program(lambda: None)
+    ''', tmp_path)
+    assert (proc.returncode, proc.stdout) == (0, 'teardown\n')

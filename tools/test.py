@@ -26,7 +26,7 @@ from mmengine.registry import RUNNERS  # noqa: E402
 
 from overlock_mm.console import CONSOLE_MODES, runner_class  # noqa
 from overlock_mm.runtime import (EVAL_METRICS, apply_eval_metrics,  # noqa
-                                 distributed_run, exit_program,
+                                 distributed_run, run_program,
                                  mmengine_checkpoints,
                                  prepare_runtime)
 
@@ -136,5 +136,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
-    exit_program()
+    run_program(main)

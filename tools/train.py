@@ -21,7 +21,7 @@ from mmengine.logging import print_log  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
 
 from overlock_mm.console import CONSOLE_MODES, runner_class  # noqa
-from overlock_mm.runtime import (distributed_run, exit_program,  # noqa
+from overlock_mm.runtime import (distributed_run, run_program,  # noqa
                                  mmengine_checkpoints, prepare_runtime)
 
 
@@ -100,5 +100,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
-    exit_program()
+    run_program(main)
