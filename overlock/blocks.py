@@ -110,6 +110,10 @@ class DynamicConvBlock(Recompute, nn.Module):
     neighbourhood.
     """
 
+    #: children whose parameters are read as tensors (the float32 ContMix
+    #: logits), not cast with the convolutions' (:mod:`overlock.param_cast`)
+    raw_param_modules = ('weight_proj',)
+
     def __init__(self, dim: int, ctx_dim: int, kernel_size: int = 7,
                  smk_size: int = 5, num_heads: int = 2, mlp_ratio: float = 4,
                  ls_init_value: Optional[float] = None,

@@ -37,6 +37,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
+from . import param_cast
 from .layers import chain
 from .ops.dispatch import as_if_recorded
 from .reparam import submodules
@@ -155,12 +156,15 @@ class _Segment(torch.autograd.Function):
     keeping only ``args`` for the backward, which recomputes ``head`` and
     differentiates it and ``conv``. The parameters the gradients go to are
     inputs (``params``), so that autograd accumulates them as usual (and
-    DistributedDataParallel's hooks see them)."""
+    DistributedDataParallel's hooks see them). Where the block's
+    parameters were cast once (``cast``, :mod:`overlock.param_cast`),
+    ``params`` has their half copies, which the recomputation reads again
+    and whose gradients it returns."""
 
     @staticmethod
-    def forward(ctx, head, conv, modules, n_args, *tensors):
+    def forward(ctx, head, conv, modules, cast, n_args, *tensors):
         args = tensors[:n_args]
-        ctx.head, ctx.conv, ctx.modules = head, conv, modules
+        ctx.head, ctx.conv, ctx.modules, ctx.cast = head, conv, modules, cast
         ctx.autocast = _autocast_state(args[0].device.type)
         # the parameters themselves: the gradients are matched to them by
         # identity, which saved-tensor hooks (save_on_cpu) do not keep
@@ -177,25 +181,25 @@ class _Segment(torch.autograd.Function):
         # (needs_input_grad: a tensor unpacked by a saved-tensor hook may
         # have lost its requires_grad)
         args = [t.detach().requires_grad_(need) for t, need in
-                zip(ctx.saved_tensors, ctx.needs_input_grad[4:])]
+                zip(ctx.saved_tensors, ctx.needs_input_grad[5:])]
         params = ctx.params
         conv = ctx.conv
         with torch.enable_grad(), _autocast(ctx.autocast), \
-                KeepRunningStats(ctx.modules):
+                KeepRunningStats(ctx.modules), param_cast.lent(ctx.cast):
             out = ctx.head(*args)
-        found = {}
-        if conv is not None:
-            grad, gw, gb = _conv_backward(conv, out, grad, ctx.autocast)
-            found[id(conv.weight)] = gw
-            if conv.bias is not None:
-                found[id(conv.bias)] = gb
+            found = {}
+            if conv is not None:
+                grad, gw, gb = _conv_backward(conv, out, grad, ctx.autocast)
+                found[id(conv.weight)] = gw
+                if conv.bias is not None:
+                    found[id(conv.bias)] = gb
         inputs = [t for t in args if t.requires_grad] + \
             [p for p in params if id(p) not in found]
         if grad is not None and out.requires_grad and inputs:
             found.update(zip(map(id, inputs), torch.autograd.grad(
                 out, inputs, grad, allow_unused=True)))
         # (lists: a generator's every step is a Python call)
-        return (None, None, None, None,
+        return (None, None, None, None, None,
                 *[found.get(id(t)) for t in args],
                 *[found.get(id(p)) for p in params])
 
@@ -220,7 +224,8 @@ def segment(modules: Sequence[nn.Module], *args: torch.Tensor,
                    if p is not None and p.requires_grad}.values())
     if not params and not any(t.requires_grad for t in args):
         return full(*args)
-    return _Segment.apply(head, conv, modules, len(args), *args, *params)
+    return _Segment.apply(head, conv, modules, param_cast.active(), len(args),
+                          *args, *params)
 
 
 def _compiling() -> bool:
@@ -242,6 +247,16 @@ def recompute(fn: Callable, modules: Sequence[nn.Module], *args,
                             KeepRunningStats(modules)))
 
 
+def _with_cast(block: nn.Module, fn: Callable, x: torch.Tensor, *args):
+    """``fn(x, *args)`` with ``block``'s convolution parameters cast once
+    where autocast would cast them (:mod:`overlock.param_cast`)."""
+    cast = param_cast.cast_block_params(block, x)
+    if cast is None:
+        return fn(x, *args)
+    with param_cast.lent(cast):
+        return fn(x, *args)
+
+
 class Recompute:
     """Mixin of the two blocks; they set ``with_cp`` and ``selective_cp`` in
     their constructor."""
@@ -249,11 +264,15 @@ class Recompute:
     selective_cp: bool
 
     def _maybe_checkpoint(self, fn: Callable, x: torch.Tensor, *args):
-        """``fn(x, *args)``, recomputed as a whole with ``with_cp``."""
+        """``fn(x, *args)``, recomputed as a whole with ``with_cp``; under
+        autocast with the block's convolution parameters cast once
+        (:mod:`overlock.param_cast`)."""
         if self.with_cp and self.training and x.requires_grad:
-            # DropPath is inside: replay its random draws
-            return recompute(fn, [self], x, *args, preserve_rng_state=True)
-        return fn(x, *args)
+            # DropPath is inside: replay its random draws (the cast is
+            # inside too: the recomputation makes its own)
+            return recompute(functools.partial(_with_cast, self, fn), [self],
+                             x, *args, preserve_rng_state=True)
+        return _with_cast(self, fn, x, *args)
 
     def _cheap(self, modules: Sequence[nn.Module], *args, head=None):
         """A cheap segment: ``modules`` in sequence on ``args[0]`` (or
