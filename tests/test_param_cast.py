@@ -16,7 +16,8 @@ from overlock.config import options
 
 def _model(**kwargs):
     torch.manual_seed(0)
-    return randomize_(OverLoCK(TINY_ARCH, fuse_overview=True, **kwargs)).train()
+    model = OverLoCK(TINY_ARCH, fuse_overview=True, **kwargs)
+    return randomize_(model).train()
 
 
 def _step(model, x, dtype=torch.bfloat16, hooks=None):
