@@ -134,8 +134,11 @@ def _castable(block: nn.Module) -> List[Tuple[nn.Module, str, bool]]:
         fused = getattr(type(m), 'casts_fused_weight', False)
         for name in ('weight', 'bias'):
             p = params.get(name)
-            if isinstance(p, nn.Parameter) and p.is_leaf and \
-                    p.requires_grad and p.dtype == torch.float32:
+            # (a parameter of a tensor subclass, e.g. a fake tensor, is
+            # an instance but not of the type; isinstance is a Python call)
+            if p is not None and p.is_leaf and p.requires_grad and \
+                    p.dtype == torch.float32 and \
+                    (type(p) is nn.Parameter or isinstance(p, nn.Parameter)):
                 found.append((m, name, fused and name == 'weight'))
     return found
 
@@ -179,5 +182,6 @@ class _FlatCast(torch.autograd.Function):
 def _flat_cast(tensors: Sequence[torch.Tensor],
                dtype: torch.dtype) -> Tuple[torch.Tensor, ...]:
     flat = torch.cat([t.reshape(-1) for t in tensors]).to(dtype)
-    return tuple(part.view(t.shape) for part, t in zip(
-        flat.split_with_sizes([t.numel() for t in tensors]), tensors))
+    parts = flat.split_with_sizes([t.numel() for t in tensors])
+    # (a list: each step of a generator is a Python call)
+    return tuple([part.view(t.shape) for part, t in zip(parts, tensors)])

@@ -109,6 +109,25 @@ def test_cuda_forward_dispatch(train, dtype, quiet):
     assert len(rec.named('overlock.contmix_aggregate')) == 2 * blocks
 
 
+@pytest.mark.parametrize('dtype', ['fp16', 'bf16'])
+def test_block_parameters_cast_once_under_cuda_autocast(dtype, quiet):
+    """Under CUDA autocast a training forward casts no convolution
+    parameter of a block on its own: one concatenation and one cast per
+    block (``overlock/param_cast.py``). Without it the depthwise
+    convolutions cast their weights on every call (24 casts in this
+    forward; autocast's cache, which lives as long as the autocast region,
+    spared the 1x1 convolutions of this second forward)."""
+    _, rec = _forward(True, dtype)
+    blocks = sum(TINY_ARCH['depths']) + sum(TINY_ARCH['sub_depths'])
+    casts = rec.named('aten._to_copy')
+    flat = [c for c in casts if c[2][0].dim() == 1 and
+            c[3].get('dtype') == DTYPES[dtype] and c[2][0].numel() > 1000]
+    assert len(flat) == blocks
+    # (activations have batch 1 here)
+    assert not [c for c in casts if c[2][0].dim() == 4 and
+                c[2][0].shape[0] != 1]
+
+
 @pytest.mark.parametrize('kernels', ['auto', 'triton', 'torch'])
 def test_kernel_choice_for_cuda_tensors(kernels):
     """Inside the ContMix op (whose fake kernel the forward above ran): the
