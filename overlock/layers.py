@@ -19,7 +19,6 @@ from .ops.cpu import spatial_l2_norm
 from .ops.dwconv import depthwise_conv2d, dilate_kernel
 from .ops.caching import cache_unless_compiling, outside_inference_mode
 from .ops.dispatch import needs_grad
-from .param_cast import FUSED_FLAG
 from .reparam import (cached, exporting, fuse_conv_bn, use_folded,
                       with_identity)
 
@@ -297,19 +296,12 @@ class DWConv2d(nn.Conv2d):
 class ResDWConv(DWConv2d):
     """``x + DWConv(x)`` (3x3)."""
 
-    #: :mod:`overlock.param_cast` casts :meth:`fused_weight`, not ``weight``
-    casts_fused_weight = True
-
     def __init__(self, dim: int, kernel_size: int = 3):
         super().__init__(dim, kernel_size)
 
     def fused_weight(self) -> torch.Tensor:
-        """The kernel with the identity shortcut in its centre tap:
-        ``x + DWConv(x)`` is one convolution (while
-        :mod:`overlock.param_cast` lends the half copy of that kernel,
-        ``weight`` is it)."""
-        if FUSED_FLAG in self.__dict__:
-            return self.weight
+        """``x + DWConv(x)``'s kernel (:mod:`overlock.param_cast` may lend
+        the instance a half copy of it while training under autocast)."""
         return with_identity(self.weight)
 
     def forward(self, x):

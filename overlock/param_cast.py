@@ -17,8 +17,10 @@ again for its backward. In the backward the gradients of a block's
 parameters come back through one cast and one concatenation. The numbers
 are those of autocast, which casts these parameters exactly so: a float32
 value rounded once to the half dtype, and each half gradient rounded once
-to float32. A :class:`~overlock.layers.ResDWConv` is cast as its fused
-kernel (the identity added in float32 first, as before).
+to float32. A :class:`~overlock.layers.ResDWConv`, whose forward reads
+``fused_weight()``, is cast as its fused kernel (the identity added in
+float32 first, as before): the instance's ``fused_weight`` returns the
+half copy while it is lent.
 
 Only plain eager training under autocast takes it: not under
 ``torch.compile`` (inductor fuses the casts), nor in the reference mode.
@@ -36,11 +38,7 @@ from torch import nn
 from .config import settings
 from .reparam import exporting, submodules
 
-__all__ = ['ParamCast', 'cast_block_params', 'active', 'lent', 'FUSED_FLAG']
-
-#: set in a module's ``__dict__`` while its ``weight`` entry is the half
-#: copy of its fused kernel (see :class:`~overlock.layers.ResDWConv`)
-FUSED_FLAG = '_weight_cast_fused'
+__all__ = ['ParamCast', 'cast_block_params', 'active', 'lent']
 
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -59,6 +57,17 @@ class ParamCast:
     def tensors(self) -> List[torch.Tensor]:
         """The half copies."""
         return [e[2] for e in self.entries]
+
+
+class _Returns:
+    """A ``fused_weight`` method returning the lent half copy."""
+    __slots__ = ('tensor',)
+
+    def __init__(self, tensor: torch.Tensor):
+        self.tensor = tensor
+
+    def __call__(self) -> torch.Tensor:
+        return self.tensor
 
 
 class _State(threading.local):
@@ -90,8 +99,8 @@ class lent:  # noqa: N801 (a context manager, named as one)
         for module, name, tensor, fused in cast.entries:
             saved.append(module._parameters[name])
             module._parameters[name] = tensor
-            if fused:
-                module.__dict__[FUSED_FLAG] = True
+            if fused:  # found before the class's method
+                module.__dict__['fused_weight'] = _Returns(tensor)
         self.saved = saved
         self.before, _state.active = _state.active, cast
 
@@ -103,7 +112,7 @@ class lent:  # noqa: N801 (a context manager, named as one)
                                                    self.saved):
             module._parameters[name] = param
             if fused:
-                module.__dict__.pop(FUSED_FLAG, None)
+                module.__dict__.pop('fused_weight', None)
         self.saved = None
         _state.active = self.before
 
@@ -131,7 +140,8 @@ def _castable(block: nn.Module) -> List[Tuple[nn.Module, str, bool]]:
         if not isinstance(m, nn.Conv2d) or id(m) in skip:
             continue
         params = m._parameters
-        fused = getattr(type(m), 'casts_fused_weight', False)
+        # (a ResDWConv: its forward reads fused_weight())
+        fused = getattr(type(m), 'fused_weight', None) is not None
         for name in ('weight', 'bias'):
             p = params.get(name)
             # (a parameter of a tensor subclass, e.g. a fake tensor, is

@@ -143,7 +143,7 @@ def test_modules_get_their_parameters_back():
             assert type(p) is nn.Parameter and p.dtype == torch.float32, name
             assert torch.equal(p, params[name]), name
         for mod in m.modules():
-            assert param_cast.FUSED_FLAG not in mod.__dict__
+            assert 'fused_weight' not in mod.__dict__
         assert param_cast.active() is None
 
     check(trained)
@@ -173,7 +173,7 @@ def test_what_a_block_reads_inside():
         seen['gate'] = block.gate[0].weight
         seen['proj'] = block.weight_proj.weight
         seen['dw'] = block.dwconv1.fused_weight()
-        seen['flag'] = param_cast.FUSED_FLAG in block.dwconv1.__dict__
+        seen['lent'] = 'fused_weight' in block.dwconv1.__dict__
 
     block.gate[0].register_forward_pre_hook(record)
     with torch.autocast('cpu', dtype=torch.bfloat16):
@@ -181,7 +181,7 @@ def test_what_a_block_reads_inside():
     assert seen['gate'].dtype == torch.bfloat16
     assert type(seen['proj']) is nn.Parameter
     assert seen['proj'].dtype == torch.float32
-    assert seen['flag']
+    assert seen['lent']
     fused = block.dwconv1.fused_weight()  # outside: float32, identity added
     assert fused.dtype == torch.float32
     assert torch.equal(seen['dw'], fused.to(torch.bfloat16))
