@@ -251,7 +251,7 @@ def _with_cast(block: nn.Module, fn: Callable, x: torch.Tensor, *args):
     """``fn(x, *args)`` with ``block``'s convolution parameters cast once
     where autocast would cast them (:mod:`overlock.param_cast`)."""
     cast = param_cast.cast_block_params(block, x)
-    if cast is None:
+    if cast is None:  # (no context manager where dynamo traces)
         return fn(x, *args)
     with param_cast.lent(cast):
         return fn(x, *args)
