@@ -36,11 +36,10 @@ import torch
 from torch import nn
 
 from .config import settings
+from .layers import HALF_DTYPES
 from .reparam import exporting, submodules
 
 __all__ = ['ParamCast', 'cast_block_params', 'active', 'lent']
-
-_HALF = (torch.float16, torch.bfloat16)
 
 #: ``(module, name, half tensor, fused)``
 Entry = Tuple[nn.Module, str, torch.Tensor, bool]
@@ -127,7 +126,7 @@ def _applies(x: torch.Tensor) -> Optional[torch.dtype]:
             exporting():
         return None
     dtype = torch.get_autocast_dtype(device)
-    return dtype if dtype in _HALF else None
+    return dtype if dtype in HALF_DTYPES else None
 
 
 def _castable(block: nn.Module) -> List[Tuple[nn.Module, str, bool]]:
