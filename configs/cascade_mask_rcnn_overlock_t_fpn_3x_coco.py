@@ -15,7 +15,12 @@ model = dict(
         out_indices=(0, 1, 2, 3),
         drop_path_rate=0.2,
         init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
-    neck=dict(in_channels=[64, 128, 384, 640]))
+    neck=dict(in_channels=[64, 128, 384, 640]),
+    # RoIs pooled in float32 under AMP (mmcv's RoIAlign has no bfloat16
+    # kernels); in float32 this is mmdet's SingleRoIExtractor
+    roi_head=dict(
+        bbox_roi_extractor=dict(type='Float32RoIExtractor'),
+        mask_roi_extractor=dict(type='Float32RoIExtractor')))
 
 optim_wrapper = dict(
     _delete_=True,

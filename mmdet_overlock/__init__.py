@@ -1,5 +1,10 @@
-"""Registers ``OverLoCK`` in MMDetection 3.x's ``MODELS`` registry (and does
-nothing else).
+"""Registers in MMDetection 3.x's ``MODELS`` registry (and does nothing
+else):
+
+* ``OverLoCK``: the backbone (:class:`overlock_mm.OverLoCKBackbone`);
+* ``Float32RoIExtractor``: mmdet's ``SingleRoIExtractor`` pooling
+  half-precision features in float32, for mixed-precision training (mmcv's
+  ``RoIAlign`` has no bfloat16 kernels; :mod:`.roi_extractor`).
 
 Use from a config with::
 
@@ -10,6 +15,9 @@ from mmdet.registry import MODELS
 
 from overlock_mm import OverLoCKBackbone, register_backbone
 
-register_backbone(MODELS)
+from .roi_extractor import Float32RoIExtractor
 
-__all__ = ['OverLoCKBackbone']
+register_backbone(MODELS)
+register_backbone(MODELS, 'Float32RoIExtractor', Float32RoIExtractor)
+
+__all__ = ['OverLoCKBackbone', 'Float32RoIExtractor']

@@ -107,7 +107,8 @@ ADAPTER_LAZY = {'overlock_mm': ('matplotlib', )}
 
 @pytest.mark.parametrize('name,allowed', [
     ('overlock_mm', ('mmengine', 'overlock', 'overlock_mm', 'torch')),
-    ('mmdet_overlock', ('mmdet', 'overlock', 'overlock_mm')),
+    ('mmdet_overlock', ('mmdet', 'overlock', 'overlock_mm', 'mmdet_overlock',
+                        'torch')),
     ('mmseg_overlock', ('mmseg', 'overlock', 'overlock_mm')),
     ('mmpretrain_overlock', ('mmpretrain', 'overlock', 'overlock_mm',
                              'mmpretrain_overlock', 'torch')),
@@ -178,18 +179,20 @@ def test_importing_overlock_loads_no_openmmlab_and_is_quiet():
 
 
 @pytest.mark.parametrize('pkg,registry,others,models,metrics', [
-    ('mmdet_overlock', 'mmdet', ('mmseg', 'mmpretrain'), {'OverLoCK'}, set()),
+    ('mmdet_overlock', 'mmdet', ('mmseg', 'mmpretrain'),
+     {'OverLoCK', 'Float32RoIExtractor'}, set()),
     ('mmseg_overlock', 'mmseg', ('mmdet', 'mmpretrain'), {'OverLoCK'}, set()),
     ('mmpretrain_overlock', 'mmpretrain', ('mmdet', 'mmseg'),
      {'OverLoCK', 'OverLoCKClassifier'}, {'ExpectedCalibrationError'}),
 ])
 def test_registering_changes_nothing_else(pkg, registry, others, models,
                                           metrics):
-    # mmpretrain's own models and metrics register when its packages load
-    # (and mmpretrain.models itself imports mmdet when it is installed):
-    # they are loaded first, so that only what ours adds is compared
-    preload = ('import mmpretrain.models, mmpretrain.evaluation'
-               if registry == 'mmpretrain' else '')
+    # mmpretrain's and mmdet's own models and metrics register when their
+    # packages load (mmpretrain.models itself imports mmdet when it is
+    # installed; mmdet_overlock subclasses an mmdet RoI extractor): they are
+    # loaded first, so that only what ours adds is compared
+    preload = {'mmpretrain': 'import mmpretrain.models, mmpretrain.evaluation',
+               'mmdet': 'import mmdet.models'}.get(registry, '')
     proc = _run(f'''
 import sys, torch
 import overlock  # (torch modules it loads register their own safe types)
