@@ -10,8 +10,8 @@ with mmcv's ``RoIAlign``. Two problems follow:
   ``"ROIAlign_forward" not implemented for 'BFloat16'`` (on CUDA,
   ``"roi_align_forward_cuda_kernel"``);
 * RoI coordinates rounded to bfloat16 (8 significant bits) move by up to
-  4 pixels on a 1333-pixel image (float16: a quarter of a pixel), and the
-  level each RoI is pooled from is decided on the rounded box.
+  4 pixels on a 1333-pixel image (float16: half a pixel), and the level
+  each RoI is pooled from is decided on the rounded box.
 
 This extractor pools in float32: RoIs as given, the features cast to
 float32 for the pooling (autocast off inside), and the pooled features cast

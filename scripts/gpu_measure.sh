@@ -9,7 +9,8 @@
 # has not run on a GPU; each step has its own time
 # limit, so that a hanging step costs its limit, not the call):
 #   env       the GPU, versions, Triton kernel variants compiled for it (1)
-#   tests     the GPU-relevant tests on the real compiler (3-5)
+#   tests     the GPU-relevant tests on the real compiler (3-5; the toy
+#             detector in bf16 on CUDA too when mmcv is built)
 #   eager     backbone vs ConvNeXt-T / ResNet-50 / Swin-T, train AMP fp16 +
 #             fp32 at 2x800x1216 with a profile, eval fp32 / fp16 / bf16 (3)
 #   compile   the same with torch.compile (reduce-overhead: CUDA graphs),
@@ -79,7 +80,8 @@ for stage in "$@"; do
       step tests 540 $PY -m pytest -q -x -p no:cacheprovider \
         tests/test_triton_contmix.py tests/test_triton_dwconv.py \
         tests/test_cuda_dispatch.py tests/test_dispatch.py \
-        tests/test_dwconv_tuning.py tests/test_recompute.py tests/test_amp.py
+        tests/test_dwconv_tuning.py tests/test_recompute.py tests/test_amp.py \
+        tests/test_mm_amp.py
       ;;
     eager)
       step eager_train 300 $PY $BENCH "${COMMON[@]}" --size $TRAIN_SIZE --batch $TRAIN_BATCH \

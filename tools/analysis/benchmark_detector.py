@@ -15,7 +15,9 @@ boxes and masks, ``mmdet.testing.demo_mm_inputs``) fed to ``train_step`` /
 Times are medians (seconds per iteration; CUDA events on CUDA, wall clock
 on CPU) after ``--warmup`` iterations; peak memory is
 ``torch.cuda.max_memory_allocated`` (CUDA only). The first config is the
-baseline of the ratio column.
+baseline of the ratio column. With ``--amp bf16`` every config pools its
+RoIs with ``mmdet_overlock``'s ``Float32RoIExtractor`` (ours do already;
+mmcv's ``RoIAlign`` has no bfloat16 kernels).
 """
 import argparse
 import json
@@ -83,6 +85,24 @@ def resolve(config):
     return path
 
 
+def float32_roi_pooling(cfg) -> bool:
+    """For bfloat16: a config's ``SingleRoIExtractor`` becomes
+    ``mmdet_overlock``'s ``Float32RoIExtractor``, which our detection
+    configs use already (mmcv's ``RoIAlign`` has no bfloat16 kernels, so
+    mmdet's own configs stop at their first RoI pooling). Whether anything
+    changed."""
+    import mmdet_overlock  # noqa: F401  (registers the extractor)
+    roi_head = cfg.model.get('roi_head') or {}
+    changed = False
+    for key in ('bbox_roi_extractor', 'mask_roi_extractor'):
+        found = roi_head.get(key)
+        for extractor in found if isinstance(found, list) else [found]:
+            if extractor and extractor.get('type') == 'SingleRoIExtractor':
+                extractor['type'] = 'Float32RoIExtractor'
+                changed = True
+    return changed
+
+
 def measure(config, args):
     import torch
     from mmengine.config import Config
@@ -92,6 +112,10 @@ def measure(config, args):
     cfg = Config.fromfile(resolve(config))
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
+    if args.amp == 'bf16' and float32_roi_pooling(cfg):
+        logging.getLogger('benchmark_detector').warning(
+            '%s: RoIs pooled in float32 (Float32RoIExtractor), since '
+            "mmcv's RoIAlign has no bfloat16 kernels", config)
     model = build_model(cfg).to(args.device)  # PyTorch's default init
     if args.compile_backbone:  # in place: parameter names unchanged
         mode = args.compile_backbone

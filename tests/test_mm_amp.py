@@ -1,0 +1,198 @@
+"""Mixed-precision training of the mm models: mmdet_overlock's
+``Float32RoIExtractor`` and the toy configs trained under bfloat16 autocast
+through the real mmengine Runner (``AmpOptimWrapper``) on CPU."""
+import importlib
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT
+
+pytest.importorskip('mmdet')
+pytest.importorskip('mmseg')
+
+HALF = [torch.bfloat16, torch.float16]
+
+
+def _extractors():
+    from mmdet.models.roi_heads.roi_extractors import SingleRoIExtractor
+
+    from mmdet_overlock import Float32RoIExtractor
+    cfg = dict(roi_layer=dict(type='RoIAlign', output_size=7,
+                              sampling_ratio=0),
+               out_channels=8, featmap_strides=[4, 8, 16, 32])
+    return SingleRoIExtractor(**cfg), Float32RoIExtractor(**cfg)
+
+
+def _inputs(dtype, seed=0):
+    """Features of a 1333x800 image (values exact in ``dtype``) and RoIs
+    whose coordinates bfloat16 cannot hold (e.g. 1001.3 -> 1000)."""
+    g = torch.Generator().manual_seed(seed)
+    feats = tuple(torch.randn(2, 8, 800 // s, 1336 // s, generator=g)
+                  .to(dtype) for s in (4, 8, 16, 32))
+    rois = torch.tensor([[0, 1001.3, 517.9, 1290.6, 790.2],
+                         [1, 3.7, 5.1, 41.2, 60.6],
+                         [0, 250.5, 130.25, 611.75, 402.5],
+                         [1, 700.1, 20.9, 1329.4, 400.7]])
+    return feats, rois
+
+
+@pytest.mark.parametrize('dtype', HALF)
+def test_float32_roi_extractor_pools_half_features_in_float32(dtype):
+    """Under autocast: the pooled features are the float32 pooling of the
+    half-precision features at the float32 RoIs, rounded once to their
+    dtype; the feature gradients are the float32 ones, rounded."""
+    single, ours = _extractors()
+    feats, rois = _inputs(dtype)
+    feats = [f.requires_grad_() for f in feats]
+    with torch.autocast('cpu', dtype=dtype):
+        out = ours(tuple(feats), rois)
+    assert out.dtype == dtype
+    ref_feats = [f.detach().float().requires_grad_() for f in feats]
+    ref = single(tuple(ref_feats), rois)
+    assert torch.equal(out, ref.to(dtype))
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    out.backward(grad.to(dtype))
+    ref.backward(grad.to(dtype).float())
+    for f, r in zip(feats, ref_feats):
+        assert f.grad.dtype == dtype
+        assert torch.equal(f.grad, r.grad.to(dtype))
+    # the RoIs were not rounded: pooling at the bfloat16-rounded RoIs
+    # gives other features
+    assert not torch.equal(out, single(
+        tuple(f.float() for f in ref_feats),
+        rois.to(torch.bfloat16).float()).to(dtype))
+
+
+def test_mmcv_roi_align_has_no_bfloat16_kernel():
+    """Why the extractor exists: mmdet's own extractor under bfloat16
+    autocast stops in mmcv's RoIAlign (on CUDA the same: its dispatch
+    covers float32, float64 and float16)."""
+    single, _ = _extractors()
+    feats, rois = _inputs(torch.bfloat16)
+    with pytest.raises(NotImplementedError, match="BFloat16"):
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            single(feats, rois)
+
+
+def test_float32_roi_extractor_is_single_roi_extractor_in_float32():
+    single, ours = _extractors()
+    feats, rois = _inputs(torch.float32)
+    assert torch.equal(ours(feats, rois), single(feats, rois))
+
+
+def test_detection_configs_use_it():
+    from mmengine.config import Config
+    for name in ('mask_rcnn_overlock_t_fpn_1x_coco.py',
+                 'mask_rcnn_overlock_xt_fpn_3x_coco.py',
+                 'cascade_mask_rcnn_overlock_b_fpn_3x_coco.py',
+                 os.path.join('_toy', 'mask_rcnn_overlock_toy_coco.py')):
+        roi = Config.fromfile(os.path.join(ROOT, 'configs', name)).model \
+            .roi_head
+        assert roi.bbox_roi_extractor.type == 'Float32RoIExtractor', name
+        assert roi.mask_roi_extractor.type == 'Float32RoIExtractor', name
+        assert roi.bbox_roi_extractor.roi_layer.type == 'RoIAlign', name
+
+
+def test_bf16_detector_benchmark_pools_every_config_in_float32():
+    """``benchmark_detector.py --amp bf16``: mmdet's Swin-T Mask R-CNN
+    gets the same RoI pooling as ours (it would stop in RoIAlign), ours is
+    unchanged."""
+    from mmengine.config import Config
+    sys.path.insert(0, os.path.join(ROOT, 'tools', 'analysis'))
+    import benchmark_detector as bench
+    ours, swin = (Config.fromfile(bench.resolve(c))
+                  for c in bench.DEFAULT_CONFIGS)
+    assert swin.model.roi_head.bbox_roi_extractor.type == \
+        'SingleRoIExtractor'
+    assert bench.float32_roi_pooling(swin)
+    assert not bench.float32_roi_pooling(ours)
+    for cfg in (ours, swin):
+        for key in ('bbox_roi_extractor', 'mask_roi_extractor'):
+            assert cfg.model.roi_head[key].type == 'Float32RoIExtractor'
+
+
+@pytest.fixture(scope='module')
+def toy(tmp_path_factory):
+    root = tmp_path_factory.mktemp('toy_amp')
+    subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'tools', 'misc',
+                                      'make_toy_data.py'),
+         '--out', 'data/toy', '--train', '8', '--val', '4', '--size', '96',
+         '96'], cwd=root, check=True, capture_output=True, timeout=300)
+    return root
+
+
+@pytest.fixture
+def cpu_amp(monkeypatch):
+    """mmengine 0.10.7's ``AmpOptimWrapper`` refuses to build without a GPU
+    (an assertion; its CPU path, bfloat16 autocast with the loss scaler
+    off, works): the assertion is bypassed. And mmcv's CPU NMS reads float32
+    boxes: CUDA autocast runs ``exp`` in float32, so mmdet's decoded boxes
+    are float32 there, CPU autocast does not; here NMS gets them in
+    float32, as on a GPU."""
+    amp = importlib.import_module(
+        'mmengine.optim.optimizer.amp_optimizer_wrapper')
+    monkeypatch.setattr(amp, 'is_cuda_available', lambda: True)
+    nms = importlib.import_module('mmcv.ops.nms')
+    ext = nms.ext_module
+
+    class Float32Nms:
+        def __getattr__(self, name):
+            return getattr(ext, name)
+
+        def nms(self, boxes, scores, **kwargs):
+            return ext.nms(boxes.float(), scores.float(), **kwargs)
+
+    monkeypatch.setattr(nms, 'ext_module', Float32Nms())
+
+
+@pytest.mark.parametrize('config,scope', [
+    ('mask_rcnn_overlock_toy_coco.py', 'mmdet'),
+    ('upernet_overlock_toy_ade.py', 'mmseg'),
+])
+def test_toy_config_trains_in_bfloat16(toy, cpu_amp, monkeypatch, config,
+                                       scope):
+    """``optim_wrapper.dtype=bfloat16`` (``AmpOptimWrapper``): 4 iterations
+    of the toy detector / segmentor through mmengine's Runner, the
+    backbone running in bfloat16, every loss and parameter finite."""
+    from mmengine.config import Config
+
+    from overlock_mm.runner import OverLoCKRunner
+    from overlock_mm.runtime import prepare_runtime
+    monkeypatch.chdir(toy)
+    cfg = Config.fromfile(os.path.join(ROOT, 'configs', '_toy', config))
+    cfg.work_dir = str(toy / f'work_{scope}')
+    prepare_runtime(cfg)
+    cfg.optim_wrapper.type = 'AmpOptimWrapper'
+    cfg.optim_wrapper.dtype = 'bfloat16'
+    cfg.optim_wrapper.loss_scale = 'dynamic'
+    cfg.train_cfg.max_iters = 4
+    cfg.train_cfg.val_interval = 4
+    cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
+    cfg.default_hooks.logger.interval = 1
+    cfg.default_hooks.checkpoint = None
+    runner = OverLoCKRunner.from_cfg(cfg)
+    seen = []
+    runner.model.backbone.register_forward_hook(
+        lambda m, i, out: seen.append(out[0].dtype))
+    if scope == 'mmdet':
+        runner.model.roi_head.bbox_roi_extractor.register_forward_hook(
+            lambda m, i, out: seen.append(('roi', i[0][0].dtype, out.dtype)))
+    runner.train()
+    assert type(runner.optim_wrapper).__name__ == 'AmpOptimWrapper'
+    assert seen[0] == torch.bfloat16
+    if scope == 'mmdet':
+        assert ('roi', torch.bfloat16, torch.bfloat16) in seen
+    scalars = runner.message_hub.log_scalars
+    losses = {k: v.data[0] for k, v in scalars.items()
+              if k.startswith('train/') and 'loss' in k}
+    assert 'train/loss' in losses and len(losses) > 2, sorted(scalars)
+    for name, values in losses.items():
+        assert len(values) == 4 and all(map(torch.isfinite,
+                                            torch.as_tensor(values))), name
+    for name, p in runner.model.named_parameters():
+        assert p.dtype == torch.float32 and torch.isfinite(p).all(), name
