@@ -20,7 +20,7 @@ from overlock.checkpoint import allow_globals, safe_globals
 
 __all__ = [
     'EVAL_METRICS', 'prepare_runtime', 'apply_eval_metrics', 'build_model',
-    'mmengine_checkpoints'
+    'mmengine_checkpoints', 'trains_in_bfloat16', 'float32_roi_pooling'
 ]
 
 
@@ -204,6 +204,37 @@ def prepare_runtime(cfg, launcher: str = 'none') -> None:
             dist.init_process_group(
                 backend='gloo', rank=int(os.environ['RANK']),
                 world_size=int(os.environ['WORLD_SIZE']))
+
+
+def trains_in_bfloat16(cfg) -> bool:
+    """Whether ``cfg`` trains with mmengine's ``AmpOptimWrapper`` in
+    bfloat16 (``--amp --cfg-options optim_wrapper.dtype=bfloat16``)."""
+    wrapper = cfg.get('optim_wrapper') or {}
+    return wrapper.get('type') == 'AmpOptimWrapper' and \
+        str(wrapper.get('dtype')).endswith('bfloat16')
+
+
+def float32_roi_pooling(cfg) -> list:
+    """Make an mmdet two-stage detector's RoI pooling work in bfloat16:
+    each ``SingleRoIExtractor`` of ``cfg.model.roi_head`` becomes
+    ``mmdet_overlock``'s ``Float32RoIExtractor`` (the same in float32;
+    mmcv's ``RoIAlign`` has no bfloat16 kernels), and ``mmdet_overlock``
+    joins ``custom_imports`` (the caller imports it: this module never
+    imports mmdet). Returns the keys changed (none for other models)."""
+    roi_head = (cfg.get('model') or {}).get('roi_head') or {}
+    changed = []
+    for key in ('bbox_roi_extractor', 'mask_roi_extractor'):
+        found = roi_head.get(key)
+        for extractor in found if isinstance(found, list) else [found]:
+            if extractor and extractor.get('type') == 'SingleRoIExtractor':
+                extractor['type'] = 'Float32RoIExtractor'
+                changed.append(f'model.roi_head.{key}')
+    custom = dict(cfg.get('custom_imports') or {})
+    imports = list(custom.get('imports') or [])
+    if changed and 'mmdet_overlock' not in imports:
+        cfg['custom_imports'] = dict(custom,
+                                     imports=imports + ['mmdet_overlock'])
+    return changed
 
 
 def apply_eval_metrics(cfg, metrics) -> None:

@@ -2,6 +2,7 @@
 ``Float32RoIExtractor`` and the toy configs trained under bfloat16 autocast
 through the real mmengine Runner (``AmpOptimWrapper``) on CPU."""
 import importlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -97,22 +98,67 @@ def test_detection_configs_use_it():
         assert roi.bbox_roi_extractor.roi_layer.type == 'RoIAlign', name
 
 
-def test_bf16_detector_benchmark_pools_every_config_in_float32():
-    """``benchmark_detector.py --amp bf16``: mmdet's Swin-T Mask R-CNN
-    gets the same RoI pooling as ours (it would stop in RoIAlign), ours is
-    unchanged."""
+def test_float32_roi_pooling_of_a_config():
+    """What ``benchmark_detector.py --amp bf16`` does to each config:
+    mmdet's Swin-T Mask R-CNN gets the same RoI pooling as ours (it would
+    stop in RoIAlign), ours is unchanged."""
     from mmengine.config import Config
+
+    from overlock_mm.runtime import float32_roi_pooling
     sys.path.insert(0, os.path.join(ROOT, 'tools', 'analysis'))
     import benchmark_detector as bench
     ours, swin = (Config.fromfile(bench.resolve(c))
                   for c in bench.DEFAULT_CONFIGS)
     assert swin.model.roi_head.bbox_roi_extractor.type == \
         'SingleRoIExtractor'
-    assert bench.float32_roi_pooling(swin)
-    assert not bench.float32_roi_pooling(ours)
+    assert float32_roi_pooling(swin) == [
+        'model.roi_head.bbox_roi_extractor',
+        'model.roi_head.mask_roi_extractor']
+    assert float32_roi_pooling(ours) == []
     for cfg in (ours, swin):
         for key in ('bbox_roi_extractor', 'mask_roi_extractor'):
             assert cfg.model.roi_head[key].type == 'Float32RoIExtractor'
+
+
+def _train_tool():
+    spec = importlib.util.spec_from_file_location(
+        'train_tool', os.path.join(ROOT, 'tools', 'train.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_train_tool_pools_rois_in_float32_for_bfloat16(tmp_path):
+    """``tools/train.py CONFIG --amp --cfg-options
+    optim_wrapper.dtype=bfloat16`` with mmdet's own Swin-T Mask R-CNN
+    config: its extractors become ``Float32RoIExtractor`` (it would stop at
+    its first RoI pooling), ``mmdet_overlock`` is imported by the config,
+    and the model builds; fp16 and float32 are left alone; a segmentor
+    has nothing to change."""
+    from mmengine.config import Config
+
+    from overlock_mm.runtime import build_model, float32_roi_pooling
+    sys.path.insert(0, os.path.join(ROOT, 'tools', 'analysis'))
+    import benchmark_detector as bench
+    train = _train_tool()
+    swin = bench.resolve(bench.DEFAULT_CONFIGS[1])
+    common = [swin, '--work-dir', str(tmp_path)]
+    bf16 = train.load_config(train.parse_args(
+        common + ['--amp', '--cfg-options', 'optim_wrapper.dtype=bfloat16']))
+    roi = bf16.model.roi_head
+    assert roi.bbox_roi_extractor.type == 'Float32RoIExtractor'
+    assert roi.mask_roi_extractor.type == 'Float32RoIExtractor'
+    assert bf16.custom_imports.imports == ['mmdet_overlock']
+    model = build_model(bf16)
+    assert type(model.roi_head.bbox_roi_extractor).__name__ == \
+        'Float32RoIExtractor'
+    for extra in (['--amp'], []):
+        cfg = train.load_config(train.parse_args(common + extra))
+        assert cfg.model.roi_head.bbox_roi_extractor.type == \
+            'SingleRoIExtractor'
+    seg = Config.fromfile(os.path.join(ROOT, 'configs', '_toy',
+                                       'upernet_overlock_toy_ade.py'))
+    assert float32_roi_pooling(seg) == []
 
 
 @pytest.fixture(scope='module')

@@ -22,7 +22,8 @@ from mmengine.registry import RUNNERS  # noqa: E402
 
 from overlock_mm.console import CONSOLE_MODES, runner_class  # noqa
 from overlock_mm.runtime import (distributed_run, run_program,  # noqa
-                                 mmengine_checkpoints, prepare_runtime)
+                                 float32_roi_pooling, mmengine_checkpoints,
+                                 prepare_runtime, trains_in_bfloat16)
 
 
 def parse_args(argv=None):
@@ -57,8 +58,9 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def load_config(args) -> Config:
+    """The config as the arguments make it (before the runtime's
+    device-dependent changes, :func:`prepare_runtime`)."""
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
@@ -75,6 +77,13 @@ def main(argv=None):
         else:
             cfg.optim_wrapper.type = 'AmpOptimWrapper'
             cfg.optim_wrapper.loss_scale = 'dynamic'
+    if trains_in_bfloat16(cfg):
+        changed = float32_roi_pooling(cfg)
+        if changed:  # mmcv's RoIAlign would stop the first iteration
+            import mmdet_overlock  # noqa: F401  (registers the extractor)
+            print_log(f'bfloat16: {", ".join(changed)} pool RoIs in float32 '
+                      "(Float32RoIExtractor: mmcv's RoIAlign has no bfloat16 "
+                      'kernels)', logger='current', level=logging.WARNING)
     if args.auto_scale_lr:
         if cfg.get('auto_scale_lr') is None:
             raise ValueError('--auto-scale-lr needs auto_scale_lr='
@@ -90,7 +99,12 @@ def main(argv=None):
         cfg.load_from = args.resume
     if args.no_validate:
         cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
+    return cfg
 
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = load_config(args)
     prepare_runtime(cfg, args.launcher)
     runner = RUNNERS.build(cfg) if 'runner_type' in cfg \
         else runner_class(args.console).from_cfg(cfg)

@@ -85,34 +85,17 @@ def resolve(config):
     return path
 
 
-def float32_roi_pooling(cfg) -> bool:
-    """For bfloat16: a config's ``SingleRoIExtractor`` becomes
-    ``mmdet_overlock``'s ``Float32RoIExtractor``, which our detection
-    configs use already (mmcv's ``RoIAlign`` has no bfloat16 kernels, so
-    mmdet's own configs stop at their first RoI pooling). Whether anything
-    changed."""
-    import mmdet_overlock  # noqa: F401  (registers the extractor)
-    roi_head = cfg.model.get('roi_head') or {}
-    changed = False
-    for key in ('bbox_roi_extractor', 'mask_roi_extractor'):
-        found = roi_head.get(key)
-        for extractor in found if isinstance(found, list) else [found]:
-            if extractor and extractor.get('type') == 'SingleRoIExtractor':
-                extractor['type'] = 'Float32RoIExtractor'
-                changed = True
-    return changed
-
-
 def measure(config, args):
     import torch
     from mmengine.config import Config
     from mmengine.optim import build_optim_wrapper
 
-    from overlock_mm.runtime import build_model
+    from overlock_mm.runtime import build_model, float32_roi_pooling
     cfg = Config.fromfile(resolve(config))
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     if args.amp == 'bf16' and float32_roi_pooling(cfg):
+        import mmdet_overlock  # noqa: F401  (registers the extractor)
         logging.getLogger('benchmark_detector').warning(
             '%s: RoIs pooled in float32 (Float32RoIExtractor), since '
             "mmcv's RoIAlign has no bfloat16 kernels", config)
