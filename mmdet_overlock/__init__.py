@@ -18,6 +18,7 @@ from overlock_mm import OverLoCKBackbone, register_backbone
 from .roi_extractor import Float32RoIExtractor
 
 register_backbone(MODELS)
-register_backbone(MODELS, 'Float32RoIExtractor', Float32RoIExtractor)
+register_backbone(MODELS, name='Float32RoIExtractor',
+                  module=Float32RoIExtractor)
 
 __all__ = ['OverLoCKBackbone', 'Float32RoIExtractor']

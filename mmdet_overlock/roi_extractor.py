@@ -4,8 +4,8 @@ Under autocast the FPN features are float16 / bfloat16, and mmdet's
 ``SingleRoIExtractor`` casts the RoIs to the features' dtype before pooling
 with mmcv's ``RoIAlign``. Two problems follow:
 
-* mmcv 2.1's ``RoIAlign`` has no bfloat16 kernels (CPU and CUDA dispatch
-  float32, float64 and, on CUDA, float16): a two-stage detector trained
+* mmcv 2.1's ``RoIAlign`` has no bfloat16 kernels (its CPU and CUDA
+  kernels take float32, float64 and float16): a two-stage detector trained
   with ``optim_wrapper.dtype=bfloat16`` stops at its first RoI pooling with
   ``"ROIAlign_forward" not implemented for 'BFloat16'`` (on CUDA,
   ``"roi_align_forward_cuda_kernel"``);
@@ -23,9 +23,9 @@ import torch
 from mmdet.models.roi_heads.roi_extractors import SingleRoIExtractor
 from torch import Tensor
 
-__all__ = ['Float32RoIExtractor']
+from overlock.layers import HALF_DTYPES
 
-_HALF = (torch.float16, torch.bfloat16)
+__all__ = ['Float32RoIExtractor']
 
 
 class Float32RoIExtractor(SingleRoIExtractor):
@@ -50,7 +50,7 @@ class Float32RoIExtractor(SingleRoIExtractor):
     def forward(self, feats: Tuple[Tensor], rois: Tensor,
                 roi_scale_factor: Optional[float] = None) -> Tensor:
         dtype = feats[0].dtype
-        if dtype not in _HALF:
+        if dtype not in HALF_DTYPES:
             return super().forward(feats, rois, roi_scale_factor)
         with torch.autocast(feats[0].device.type, enabled=False):
             pooled = super().forward(tuple(f.float() for f in feats),
