@@ -15,8 +15,11 @@ model = dict(
         drop_path_rate=0.2,
         init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     neck=dict(in_channels=[64, 128, 384, 640]),
-    # RoIs pooled in float32 under AMP (mmcv's RoIAlign has no bfloat16
-    # kernels); in float32 this is mmdet's SingleRoIExtractor
+    # boxes in float32 under AMP: proposals decoded from float32 anchors
+    # (mmdet's RPNHead rounds them to bfloat16: up to 7 px), RoIs pooled in
+    # float32 (mmcv's RoIAlign has no bfloat16 kernels); in float32 these
+    # are mmdet's RPNHead and SingleRoIExtractor
+    rpn_head=dict(type='Float32RPNHead'),
     roi_head=dict(
         bbox_roi_extractor=dict(type='Float32RoIExtractor'),
         mask_roi_extractor=dict(type='Float32RoIExtractor')))

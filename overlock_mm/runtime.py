@@ -20,7 +20,7 @@ from overlock.checkpoint import allow_globals, safe_globals
 
 __all__ = [
     'EVAL_METRICS', 'prepare_runtime', 'apply_eval_metrics', 'build_model',
-    'mmengine_checkpoints', 'trains_in_bfloat16', 'float32_roi_pooling'
+    'mmengine_checkpoints', 'trains_in_bfloat16', 'float32_box_heads'
 ]
 
 
@@ -214,21 +214,32 @@ def trains_in_bfloat16(cfg) -> bool:
         str(wrapper.get('dtype')).endswith('bfloat16')
 
 
-def float32_roi_pooling(cfg) -> list:
-    """Make an mmdet two-stage detector's RoI pooling work in bfloat16:
-    each ``SingleRoIExtractor`` of ``cfg.model.roi_head`` becomes
-    ``mmdet_overlock``'s ``Float32RoIExtractor`` (the same in float32;
-    mmcv's ``RoIAlign`` has no bfloat16 kernels), and ``mmdet_overlock``
-    joins ``custom_imports`` (the caller imports it: this module never
-    imports mmdet). Returns the keys changed (none for other models)."""
-    roi_head = (cfg.get('model') or {}).get('roi_head') or {}
+def float32_box_heads(cfg) -> list:
+    """Make an mmdet two-stage detector train in bfloat16 with its boxes in
+    float32: each ``SingleRoIExtractor`` of ``cfg.model.roi_head`` becomes
+    ``mmdet_overlock``'s ``Float32RoIExtractor`` (mmcv's ``RoIAlign`` has no
+    bfloat16 kernels) and an ``RPNHead`` becomes ``Float32RPNHead`` (mmdet
+    rounds the anchors to the predictions' dtype, shifting the proposals by
+    up to 7 pixels in bfloat16). Both are mmdet's modules in float32.
+    ``mmdet_overlock`` joins ``custom_imports`` (the caller imports it: this
+    module never imports mmdet). Returns the keys changed (none for other
+    models)."""
+    model = cfg.get('model') or {}
+    roi_head = model.get('roi_head') or {}
     changed = []
+    rpn_head = model.get('rpn_head')
+    if rpn_head and rpn_head.get('type') == 'RPNHead':
+        rpn_head['type'] = 'Float32RPNHead'
+        changed.append('model.rpn_head')
     for key in ('bbox_roi_extractor', 'mask_roi_extractor'):
         found = roi_head.get(key)
-        for extractor in found if isinstance(found, list) else [found]:
+        stages = enumerate(found) if isinstance(found, list) else [(None,
+                                                                    found)]
+        for stage, extractor in stages:  # a list: one per cascade stage
             if extractor and extractor.get('type') == 'SingleRoIExtractor':
                 extractor['type'] = 'Float32RoIExtractor'
-                changed.append(f'model.roi_head.{key}')
+                changed.append(f'model.roi_head.{key}' + (
+                    '' if stage is None else f'[{stage}]'))
     custom = dict(cfg.get('custom_imports') or {})
     imports = list(custom.get('imports') or [])
     if changed and 'mmdet_overlock' not in imports:

@@ -180,7 +180,7 @@ def test_importing_overlock_loads_no_openmmlab_and_is_quiet():
 
 @pytest.mark.parametrize('pkg,registry,others,models,metrics', [
     ('mmdet_overlock', 'mmdet', ('mmseg', 'mmpretrain'),
-     {'OverLoCK', 'Float32RoIExtractor'}, set()),
+     {'OverLoCK', 'Float32RoIExtractor', 'Float32RPNHead'}, set()),
     ('mmseg_overlock', 'mmseg', ('mmdet', 'mmpretrain'), {'OverLoCK'}, set()),
     ('mmpretrain_overlock', 'mmpretrain', ('mmdet', 'mmseg'),
      {'OverLoCK', 'OverLoCKClassifier'}, {'ExpectedCalibrationError'}),
@@ -189,8 +189,8 @@ def test_registering_changes_nothing_else(pkg, registry, others, models,
                                           metrics):
     # mmpretrain's and mmdet's own models and metrics register when their
     # packages load (mmpretrain.models itself imports mmdet when it is
-    # installed; mmdet_overlock subclasses an mmdet RoI extractor): they are
-    # loaded first, so that only what ours adds is compared
+    # installed; mmdet_overlock subclasses mmdet's RoI extractor and RPN
+    # head): they are loaded first, so that only what ours adds is compared
     preload = {'mmpretrain': 'import mmpretrain.models, mmpretrain.evaluation',
                'mmdet': 'import mmdet.models'}.get(registry, '')
     proc = _run(f'''

@@ -1,6 +1,7 @@
 """Mixed-precision training of the mm models: mmdet_overlock's
-``Float32RoIExtractor`` and the toy configs trained under bfloat16 autocast
-through the real mmengine Runner (``AmpOptimWrapper``) on CPU."""
+``Float32RoIExtractor`` and ``Float32RPNHead``, and the toy configs trained
+under bfloat16 autocast through the real mmengine Runner
+(``AmpOptimWrapper``) on CPU."""
 import importlib
 import importlib.util
 import os
@@ -85,39 +86,120 @@ def test_float32_roi_extractor_is_single_roi_extractor_in_float32():
     assert torch.equal(ours(feats, rois), single(feats, rois))
 
 
+def _rpn_heads():
+    from mmdet.models.dense_heads import RPNHead
+    from mmengine.registry import DefaultScope
+
+    from mmdet_overlock import Float32RPNHead
+    cfg = dict(in_channels=8, feat_channels=8, anchor_generator=dict(
+        type='AnchorGenerator', scales=[8], ratios=[0.5, 1.0, 2.0],
+        strides=[4, 8, 16, 32, 64]))
+    with DefaultScope.overwrite_default_scope('mmdet'):  # its box coder
+        return RPNHead(**cfg), Float32RPNHead(**cfg)
+
+
+def _rpn_predictions(dtype, size=(800, 1344), seed=0):
+    """Random RPN scores and deltas of a ``size`` image (values exact in
+    ``dtype``), the image's meta and a proposal config."""
+    from mmengine.config import ConfigDict
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(size[0] // s, size[1] // s) for s in (4, 8, 16, 32, 64)]
+    scores = [torch.randn(1, 3, *hw, generator=g).to(dtype) for hw in shapes]
+    deltas = [(0.3 * torch.randn(1, 12, *hw, generator=g)).to(dtype)
+              for hw in shapes]
+    cfg = ConfigDict(nms_pre=1000, max_per_img=300, min_bbox_size=0,
+                     nms=dict(type='nms', iou_threshold=0.7))
+    return scores, deltas, [dict(img_shape=size, scale_factor=(1., 1.))], cfg
+
+
+@pytest.mark.parametrize('dtype', HALF)
+def test_float32_rpn_head_decodes_half_predictions_in_float32(dtype):
+    """Under autocast the proposals are ``RPNHead``'s of the same
+    half-precision predictions read as float32, bit for bit: float32
+    anchors, decoding and NMS. mmdet's head builds its anchors in the
+    predictions' dtype: in bfloat16 on a 1344-pixel image they are off by
+    more than 4 pixels (and on CPU its half-precision boxes stop mmcv's
+    NMS)."""
+    plain, ours = _rpn_heads()
+    scores, deltas, metas, cfg = _rpn_predictions(dtype)
+    with torch.autocast('cpu', dtype=dtype):
+        out = ours.predict_by_feat(scores, deltas, batch_img_metas=metas,
+                                   cfg=cfg)[0]
+    ref = plain.predict_by_feat([s.float() for s in scores],
+                                [d.float() for d in deltas],
+                                batch_img_metas=metas, cfg=cfg)[0]
+    assert out.bboxes.dtype == out.scores.dtype == torch.float32
+    assert len(ref) == 300
+    assert torch.equal(out.bboxes, ref.bboxes)
+    assert torch.equal(out.scores, ref.scores)
+    sizes = [s.shape[-2:] for s in scores]
+    anchors = [torch.cat(plain.prior_generator.grid_priors(
+        sizes, dtype=t, device='cpu')).float()
+        for t in (dtype, torch.float32)]
+    error = (anchors[0] - anchors[1]).abs().max().item()
+    assert error > 4 if dtype == torch.bfloat16 else 0 < error <= 1
+    if dtype == torch.bfloat16:
+        with pytest.raises(RuntimeError, match='scalar type Float'):
+            with torch.autocast('cpu', dtype=dtype):
+                plain.predict_by_feat(scores, deltas, batch_img_metas=metas,
+                                      cfg=cfg)
+
+
+def test_float32_rpn_head_is_rpn_head_in_float32():
+    plain, ours = _rpn_heads()
+    scores, deltas, metas, cfg = _rpn_predictions(torch.float32, (96, 160))
+    for name, value in plain.state_dict().items():
+        assert ours.state_dict()[name].shape == value.shape, name
+    a, b = (head.predict_by_feat(scores, deltas, batch_img_metas=metas,
+                                 cfg=cfg)[0] for head in (plain, ours))
+    assert len(a) > 0
+    assert torch.equal(a.bboxes, b.bboxes) and torch.equal(a.scores,
+                                                           b.scores)
+
+
 def test_detection_configs_use_it():
     from mmengine.config import Config
     for name in ('mask_rcnn_overlock_t_fpn_1x_coco.py',
                  'mask_rcnn_overlock_xt_fpn_3x_coco.py',
                  'cascade_mask_rcnn_overlock_b_fpn_3x_coco.py',
                  os.path.join('_toy', 'mask_rcnn_overlock_toy_coco.py')):
-        roi = Config.fromfile(os.path.join(ROOT, 'configs', name)).model \
-            .roi_head
+        model = Config.fromfile(os.path.join(ROOT, 'configs', name)).model
+        assert model.rpn_head.type == 'Float32RPNHead', name
+        roi = model.roi_head
         assert roi.bbox_roi_extractor.type == 'Float32RoIExtractor', name
         assert roi.mask_roi_extractor.type == 'Float32RoIExtractor', name
         assert roi.bbox_roi_extractor.roi_layer.type == 'RoIAlign', name
 
 
-def test_float32_roi_pooling_of_a_config():
+def test_float32_box_heads_of_a_config():
     """What ``benchmark_detector.py --amp bf16`` does to each config:
-    mmdet's Swin-T Mask R-CNN gets the same RoI pooling as ours (it would
-    stop in RoIAlign), ours is unchanged."""
+    mmdet's Swin-T Mask R-CNN gets the same RPN head and RoI pooling as
+    ours (it would stop in RoIAlign), ours is unchanged; a cascade's
+    per-stage extractors are each named."""
     from mmengine.config import Config
 
-    from overlock_mm.runtime import float32_roi_pooling
+    from overlock_mm.runtime import float32_box_heads
     sys.path.insert(0, os.path.join(ROOT, 'tools', 'analysis'))
     import benchmark_detector as bench
     ours, swin = (Config.fromfile(bench.resolve(c))
                   for c in bench.DEFAULT_CONFIGS)
     assert swin.model.roi_head.bbox_roi_extractor.type == \
         'SingleRoIExtractor'
-    assert float32_roi_pooling(swin) == [
-        'model.roi_head.bbox_roi_extractor',
+    assert swin.model.rpn_head.type == 'RPNHead'
+    assert float32_box_heads(swin) == [
+        'model.rpn_head', 'model.roi_head.bbox_roi_extractor',
         'model.roi_head.mask_roi_extractor']
-    assert float32_roi_pooling(ours) == []
+    assert float32_box_heads(ours) == []
     for cfg in (ours, swin):
+        assert cfg.model.rpn_head.type == 'Float32RPNHead'
         for key in ('bbox_roi_extractor', 'mask_roi_extractor'):
             assert cfg.model.roi_head[key].type == 'Float32RoIExtractor'
+    cascade = Config(dict(model=dict(
+        rpn_head=dict(type='RPNHead'), roi_head=dict(bbox_roi_extractor=[
+            dict(type='SingleRoIExtractor') for _ in range(3)]))))
+    assert float32_box_heads(cascade) == ['model.rpn_head'] + [
+        f'model.roi_head.bbox_roi_extractor[{i}]' for i in range(3)]
+    assert cascade.custom_imports.imports == ['mmdet_overlock']
 
 
 def _train_tool():
@@ -128,16 +210,16 @@ def _train_tool():
     return module
 
 
-def test_train_tool_pools_rois_in_float32_for_bfloat16(tmp_path):
+def test_train_tool_keeps_boxes_in_float32_for_bfloat16(tmp_path):
     """``tools/train.py CONFIG --amp --cfg-options
     optim_wrapper.dtype=bfloat16`` with mmdet's own Swin-T Mask R-CNN
     config: its extractors become ``Float32RoIExtractor`` (it would stop at
-    its first RoI pooling), ``mmdet_overlock`` is imported by the config,
-    and the model builds; fp16 and float32 are left alone; a segmentor
-    has nothing to change."""
+    its first RoI pooling) and its RPN head ``Float32RPNHead``,
+    ``mmdet_overlock`` is imported by the config, and the model builds;
+    fp16 and float32 are left alone; a segmentor has nothing to change."""
     from mmengine.config import Config
 
-    from overlock_mm.runtime import build_model, float32_roi_pooling
+    from overlock_mm.runtime import build_model, float32_box_heads
     sys.path.insert(0, os.path.join(ROOT, 'tools', 'analysis'))
     import benchmark_detector as bench
     train = _train_tool()
@@ -149,16 +231,19 @@ def test_train_tool_pools_rois_in_float32_for_bfloat16(tmp_path):
     assert roi.bbox_roi_extractor.type == 'Float32RoIExtractor'
     assert roi.mask_roi_extractor.type == 'Float32RoIExtractor'
     assert bf16.custom_imports.imports == ['mmdet_overlock']
+    assert bf16.model.rpn_head.type == 'Float32RPNHead'
     model = build_model(bf16)
     assert type(model.roi_head.bbox_roi_extractor).__name__ == \
         'Float32RoIExtractor'
+    assert type(model.rpn_head).__name__ == 'Float32RPNHead'
     for extra in (['--amp'], []):
         cfg = train.load_config(train.parse_args(common + extra))
         assert cfg.model.roi_head.bbox_roi_extractor.type == \
             'SingleRoIExtractor'
+        assert cfg.model.rpn_head.type == 'RPNHead'
     seg = Config.fromfile(os.path.join(ROOT, 'configs', '_toy',
                                        'upernet_overlock_toy_ade.py'))
-    assert float32_roi_pooling(seg) == []
+    assert float32_box_heads(seg) == []
 
 
 @pytest.fixture(scope='module')
@@ -177,24 +262,12 @@ def toy(tmp_path_factory):
 def cpu_amp(monkeypatch):
     """mmengine 0.10.7's ``AmpOptimWrapper`` refuses to build without a GPU
     (an assertion; its CPU path, bfloat16 autocast with the loss scaler
-    off, works): the assertion is bypassed. And mmcv's CPU NMS reads float32
-    boxes: CUDA autocast runs ``exp`` in float32, so mmdet's decoded boxes
-    are float32 there, CPU autocast does not; here NMS gets them in
-    float32, as on a GPU."""
+    off, works): the assertion is bypassed. (mmcv's CPU NMS, which reads
+    float32 boxes, is left as it is: the toy detector's ``Float32RPNHead``
+    decodes its proposals in float32; mmdet's ``RPNHead`` would stop it.)"""
     amp = importlib.import_module(
         'mmengine.optim.optimizer.amp_optimizer_wrapper')
     monkeypatch.setattr(amp, 'is_cuda_available', lambda: True)
-    nms = importlib.import_module('mmcv.ops.nms')
-    ext = nms.ext_module
-
-    class Float32Nms:
-        def __getattr__(self, name):
-            return getattr(ext, name)
-
-        def nms(self, boxes, scores, **kwargs):
-            return ext.nms(boxes.float(), scores.float(), **kwargs)
-
-    monkeypatch.setattr(nms, 'ext_module', Float32Nms())
 
 
 @pytest.mark.parametrize('config,scope', [

@@ -22,7 +22,7 @@ from mmengine.registry import RUNNERS  # noqa: E402
 
 from overlock_mm.console import CONSOLE_MODES, runner_class  # noqa
 from overlock_mm.runtime import (distributed_run, run_program,  # noqa
-                                 float32_roi_pooling, mmengine_checkpoints,
+                                 float32_box_heads, mmengine_checkpoints,
                                  prepare_runtime, trains_in_bfloat16)
 
 
@@ -78,12 +78,15 @@ def load_config(args) -> Config:
             cfg.optim_wrapper.type = 'AmpOptimWrapper'
             cfg.optim_wrapper.loss_scale = 'dynamic'
     if trains_in_bfloat16(cfg):
-        changed = float32_roi_pooling(cfg)
-        if changed:  # mmcv's RoIAlign would stop the first iteration
-            import mmdet_overlock  # noqa: F401  (registers the extractor)
-            print_log(f'bfloat16: {", ".join(changed)} pool RoIs in float32 '
-                      "(Float32RoIExtractor: mmcv's RoIAlign has no bfloat16 "
-                      'kernels)', logger='current', level=logging.WARNING)
+        # mmcv's RoIAlign would stop the first iteration, and mmdet's RPN
+        # would decode its proposals from bfloat16 anchors
+        changed = float32_box_heads(cfg)
+        if changed:
+            import mmdet_overlock  # noqa: F401  (registers the modules)
+            print_log(f'bfloat16: {", ".join(changed)} keep boxes in float32 '
+                      "(Float32RPNHead: float32 anchors; Float32RoIExtractor: "
+                      "mmcv's RoIAlign has no bfloat16 kernels)",
+                      logger='current', level=logging.WARNING)
     if args.auto_scale_lr:
         if cfg.get('auto_scale_lr') is None:
             raise ValueError('--auto-scale-lr needs auto_scale_lr='

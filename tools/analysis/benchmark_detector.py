@@ -90,15 +90,17 @@ def measure(config, args):
     from mmengine.config import Config
     from mmengine.optim import build_optim_wrapper
 
-    from overlock_mm.runtime import build_model, float32_roi_pooling
+    from overlock_mm.runtime import build_model, float32_box_heads
     cfg = Config.fromfile(resolve(config))
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
-    if args.amp == 'bf16' and float32_roi_pooling(cfg):
-        import mmdet_overlock  # noqa: F401  (registers the extractor)
+    changed = float32_box_heads(cfg) if args.amp == 'bf16' else []
+    if changed:
+        import mmdet_overlock  # noqa: F401  (registers the modules)
         logging.getLogger('benchmark_detector').warning(
-            '%s: RoIs pooled in float32 (Float32RoIExtractor), since '
-            "mmcv's RoIAlign has no bfloat16 kernels", config)
+            '%s: %s keep boxes in float32 (Float32RPNHead, '
+            "Float32RoIExtractor: mmcv's RoIAlign has no bfloat16 kernels)",
+            config, ', '.join(changed))
     model = build_model(cfg).to(args.device)  # PyTorch's default init
     if args.compile_backbone:  # in place: parameter names unchanged
         mode = args.compile_backbone
