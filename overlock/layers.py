@@ -18,7 +18,7 @@ from .config import settings
 from .ops.cpu import spatial_l2_norm
 from .ops.dwconv import depthwise_conv2d, dilate_kernel
 from .ops.caching import cache_unless_compiling, outside_inference_mode
-from .ops.dispatch import needs_grad
+from .ops.dispatch import HALF_DTYPES, needs_grad
 from .reparam import (cached, exporting, fuse_conv_bn, use_folded,
                       with_identity)
 
@@ -35,9 +35,6 @@ __all__ = [
     'GRNMlp', 'RepConvProj', 'Fusion', 'ConvBN', 'BNConv', 'ConvBNAct',
     'LargeKernelBN', 'chain', 'autocast_input'
 ]
-
-#: half-precision dtypes (autocast's)
-HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 #: ``kernel size -> ((branch kernel, dilation), ...)`` of the dilated
 #: re-parameterisable branches (UniRepLKNet's defaults, as used upstream).

@@ -40,7 +40,7 @@ from ..config import settings
 from .accelerators import natten_av, triton_kernels
 from .autotune import AutoTuner
 from .caching import cache_unless_compiling, outside_inference_mode
-from .dispatch import direct, needs_grad
+from .dispatch import HALF_DTYPES, direct, needs_grad
 
 __all__ = [
     'contmix_aggregate', 'contmix_aggregate_reference',
@@ -392,17 +392,13 @@ def aggregate_window_major(attn: torch.Tensor, value: torch.Tensor,
 # --------------------------------------------------------------------------
 # The custom op (autograd and the FLOP counter see one op)
 # --------------------------------------------------------------------------
-#: dtypes the PyTorch implementations run in float32 (then cast back)
-_HALF = (torch.float16, torch.bfloat16)
-
-
 def _aggregate_impl(attn: torch.Tensor, value: torch.Tensor,
                     kernel_size: int) -> torch.Tensor:
     kernels = triton_kernels(value)
     if kernels is not None:
         return kernels.forward(attn, value, kernel_size).contiguous()
     dtype = value.dtype
-    if dtype in _HALF:  # the PyTorch paths accumulate in their input dtype
+    if dtype in HALF_DTYPES:  # the PyTorch paths accumulate in their dtype
         attn, value = attn.float(), value.float()
     out = torch.zeros_like(value, memory_format=torch.contiguous_format)
     if _use_band(value, kernel_size):
@@ -430,7 +426,7 @@ def _aggregate_backward_impl(grad_out: torch.Tensor, attn: torch.Tensor,
     grad_out = grad_out.contiguous()
     kernels = triton_kernels(value)
     dtype, attn_dtype = value.dtype, attn.dtype
-    if kernels is None and dtype in _HALF:  # accumulate in float32
+    if kernels is None and dtype in HALF_DTYPES:  # accumulate in float32
         grad_out, attn, value = grad_out.float(), attn.float(), value.float()
     if kernels is not None:
         ga, gv = kernels.backward(grad_out, attn, value, kernel_size,
@@ -573,7 +569,7 @@ def contmix_aggregate(attn: torch.Tensor, value: torch.Tensor,
         return natten_av()(attn.to(value.dtype), value,
                            kernel_size=kernel_size)
     if attn.dtype != value.dtype and not (attn.dtype == torch.float32 and
-                                          value.dtype in _HALF):
+                                          value.dtype in HALF_DTYPES):
         attn = attn.to(value.dtype)
     if needs_grad(attn, value):
         return _aggregate_op(attn, value, kernel_size)

@@ -22,7 +22,10 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-__all__ = ['direct', 'needs_grad', 'as_if_recorded']
+__all__ = ['direct', 'needs_grad', 'as_if_recorded', 'HALF_DTYPES']
+
+#: half-precision dtypes (autocast's)
+HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 _PLAIN = (torch.Tensor, nn.Parameter)
 

@@ -52,7 +52,7 @@ from ..config import settings
 from .accelerators import load_triton, igemm_functions, triton_kernels
 from .autotune import AutoTuner, cuda_time_once
 from .cpu import has_half_kernels, is_channels_last, layout_of
-from .dispatch import direct, needs_grad
+from .dispatch import HALF_DTYPES, direct, needs_grad
 
 __all__ = ['depthwise_conv2d', 'dilate_kernel', 'tuned_choices']
 
@@ -132,12 +132,9 @@ def _weight_grad(x, grad_out, kernel_size, padding, dilation):
     return out.view(c, 1, kernel_size, kernel_size)
 
 
-_HALF = (torch.float16, torch.bfloat16)
-
-
 def _float32(t):
     """Half-precision tensors as float32 (their values are exact in it)."""
-    return t.float() if t is not None and t.dtype in _HALF else t
+    return t.float() if t is not None and t.dtype in HALF_DTYPES else t
 
 
 def _cpu_forward(x, weight, bias, padding, dilation):
@@ -559,8 +556,8 @@ def depthwise_conv2d(x: torch.Tensor,
     # 4-70x slower than float32), so it is computed in float32
     if settings.cpu_conv == 'aten' or settings.reference or \
             torch.compiler.is_compiling() or x.dim() != 4 or \
-            x.dtype not in (torch.float32, torch.float64) + _HALF or \
-            (x.dtype in _HALF and has_half_kernels(x.dtype)):
+            x.dtype not in (torch.float32, torch.float64) + HALF_DTYPES or \
+            (x.dtype in HALF_DTYPES and has_half_kernels(x.dtype)):
         return F.conv2d(x, weight, bias, 1, padding, dilation,
                         weight.shape[0])
     if not needs_grad(x, weight, bias):
