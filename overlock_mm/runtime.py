@@ -214,32 +214,52 @@ def trains_in_bfloat16(cfg) -> bool:
         str(wrapper.get('dtype')).endswith('bfloat16')
 
 
+#: mmdet_overlock's float32 modules and the mmdet ones they replace
+_FLOAT32_OF = {'Float32RPNHead': 'RPNHead',
+               'Float32RoIExtractor': 'SingleRoIExtractor'}
+
+
 def float32_box_heads(cfg) -> list:
     """Make an mmdet two-stage detector train in bfloat16 with its boxes in
-    float32: each ``SingleRoIExtractor`` of ``cfg.model.roi_head`` becomes
-    ``mmdet_overlock``'s ``Float32RoIExtractor`` (mmcv's ``RoIAlign`` has no
-    bfloat16 kernels) and an ``RPNHead`` becomes ``Float32RPNHead`` (mmdet
-    rounds the anchors to the predictions' dtype, shifting the proposals by
-    up to 7 pixels in bfloat16). Both are mmdet's modules in float32.
+    float32: each ``SingleRoIExtractor`` of its RoI head (``bbox_``,
+    ``mask_``, ``semantic_``, ... ``roi_extractor``, one per cascade stage
+    or one for all) becomes ``mmdet_overlock``'s ``Float32RoIExtractor``
+    (mmcv's ``RoIAlign`` has no bfloat16 kernels) and an ``RPNHead``
+    becomes ``Float32RPNHead`` (mmdet rounds the anchors to the
+    predictions' dtype, shifting the proposals by up to 7 pixels in
+    bfloat16). Both are mmdet's modules in float32. The detector is
+    ``cfg.model``, or ``cfg.model.detector`` for wrappers such as
+    SoftTeacher; a scope prefix (``mmdet.RPNHead``) is kept.
     ``mmdet_overlock`` joins ``custom_imports`` (the caller imports it: this
     module never imports mmdet). Returns the keys changed (none for other
-    models)."""
+    models), e.g. ``['model.rpn_head',
+    'model.roi_head.bbox_roi_extractor']``."""
     model = cfg.get('model') or {}
-    roi_head = model.get('roi_head') or {}
+    prefix = 'model'
+    if 'rpn_head' not in model and 'roi_head' not in model and \
+            isinstance(model.get('detector'), dict):
+        model, prefix = model['detector'], 'model.detector'
     changed = []
+
+    def swap(module, ours, key):
+        scope, dot, name = str(module.get('type')).rpartition('.')
+        if name == _FLOAT32_OF[ours]:
+            module['type'] = scope + dot + ours
+            changed.append(key)
+
     rpn_head = model.get('rpn_head')
-    if rpn_head and rpn_head.get('type') == 'RPNHead':
-        rpn_head['type'] = 'Float32RPNHead'
-        changed.append('model.rpn_head')
-    for key in ('bbox_roi_extractor', 'mask_roi_extractor'):
-        found = roi_head.get(key)
+    if isinstance(rpn_head, dict):
+        swap(rpn_head, 'Float32RPNHead', f'{prefix}.rpn_head')
+    roi_head = model.get('roi_head') or {}
+    for key in sorted(k for k in roi_head if k.endswith('_roi_extractor')):
+        found = roi_head[key]
         stages = enumerate(found) if isinstance(found, list) else [(None,
                                                                     found)]
         for stage, extractor in stages:  # a list: one per cascade stage
-            if extractor and extractor.get('type') == 'SingleRoIExtractor':
-                extractor['type'] = 'Float32RoIExtractor'
-                changed.append(f'model.roi_head.{key}' + (
-                    '' if stage is None else f'[{stage}]'))
+            if isinstance(extractor, dict):
+                swap(extractor, 'Float32RoIExtractor',
+                     f'{prefix}.roi_head.{key}' + (
+                         '' if stage is None else f'[{stage}]'))
     custom = dict(cfg.get('custom_imports') or {})
     imports = list(custom.get('imports') or [])
     if changed and 'mmdet_overlock' not in imports:

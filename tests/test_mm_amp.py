@@ -202,6 +202,43 @@ def test_float32_box_heads_of_a_config():
     assert cascade.custom_imports.imports == ['mmdet_overlock']
 
 
+def test_float32_box_heads_finds_every_extractor_and_wrapped_detectors():
+    """Every ``*_roi_extractor`` (HTC's semantic one too), a detector
+    wrapped by SoftTeacher (``model.detector``), scoped types; other RPN
+    heads (Cascade RPN's, Guided Anchoring's) are left alone; imports
+    kept."""
+    from mmengine.config import Config
+
+    from overlock_mm.runtime import float32_box_heads
+    sys.path.insert(0, os.path.join(ROOT, 'tools', 'analysis'))
+    from benchmark_detector import resolve
+    htc = Config.fromfile(resolve('mmdet::htc/htc_r50_fpn_1x_coco.py'))
+    assert float32_box_heads(htc) == [
+        'model.rpn_head', 'model.roi_head.bbox_roi_extractor',
+        'model.roi_head.mask_roi_extractor',
+        'model.roi_head.semantic_roi_extractor']
+    teacher = Config.fromfile(resolve(
+        'mmdet::soft_teacher/soft-teacher_faster-rcnn_r50-caffe_fpn_180k_'
+        'semi-0.1-coco.py'))
+    assert float32_box_heads(teacher) == [
+        'model.detector.rpn_head', 'model.detector.roi_head.bbox_roi_extractor']
+    assert teacher.model.detector.rpn_head.type == 'Float32RPNHead'
+    scoped = Config(dict(
+        custom_imports=dict(imports=['mine'], allow_failed_imports=True),
+        model=dict(rpn_head=dict(type='mmdet.RPNHead'), roi_head=dict(
+            bbox_roi_extractor=dict(type='mmdet.SingleRoIExtractor')))))
+    assert len(float32_box_heads(scoped)) == 2
+    assert scoped.model.rpn_head.type == 'mmdet.Float32RPNHead'
+    assert scoped.model.roi_head.bbox_roi_extractor.type == \
+        'mmdet.Float32RoIExtractor'
+    assert scoped.custom_imports == dict(
+        imports=['mine', 'mmdet_overlock'], allow_failed_imports=True)
+    for other in ('StageCascadeRPNHead', 'GARPNHead'):
+        cfg = Config(dict(model=dict(rpn_head=dict(type=other))))
+        assert float32_box_heads(cfg) == [] and 'custom_imports' not in cfg
+        assert cfg.model.rpn_head.type == other
+
+
 def _train_tool():
     spec = importlib.util.spec_from_file_location(
         'train_tool', os.path.join(ROOT, 'tools', 'train.py'))
