@@ -20,7 +20,8 @@ from overlock.checkpoint import allow_globals, safe_globals
 
 __all__ = [
     'EVAL_METRICS', 'prepare_runtime', 'apply_eval_metrics', 'build_model',
-    'mmengine_checkpoints', 'trains_in_bfloat16', 'float32_box_heads'
+    'mmengine_checkpoints', 'trains_in_bfloat16', 'float32_box_heads',
+    'is_type'
 ]
 
 
@@ -206,11 +207,40 @@ def prepare_runtime(cfg, launcher: str = 'none') -> None:
                 world_size=int(os.environ['WORLD_SIZE']))
 
 
+def _type_of(module: dict):
+    """``(name, origin)`` of a config node's ``type``: for a registry string
+    (``'RPNHead'``, ``'mmdet.RPNHead'``) the origin is ``None``: a scope
+    resolves through the registries' parents. For a class or a pure-Python
+    config's lazy import (mmengine's ``LazyObject`` / ``LazyAttr``, read
+    without importing anything) it is their module (``'mmdet.models'``)."""
+    from mmengine.config.lazy import LazyAttr, LazyObject
+    kind = dict.get(module, 'type')  # unbuilt: a ConfigDict builds lazies
+    if isinstance(kind, str):
+        return kind.rpartition('.')[2], None
+    if isinstance(kind, (LazyObject, LazyAttr)):
+        return str(kind), kind.module
+    if isinstance(kind, type):
+        return kind.__name__, kind.__module__
+    return None, None
+
+
+def is_type(module: dict, name: str, package: str) -> bool:
+    """Whether a config node's ``type`` is ``package``'s ``name``: a registry
+    string of that name (any scope), or the class ``name`` imported from
+    ``package`` or its submodules (a class or a lazy import)."""
+    found, origin = _type_of(module)
+    return found == name and (origin is None or origin == package or
+                              origin.startswith(package + '.'))
+
+
 def trains_in_bfloat16(cfg) -> bool:
     """Whether ``cfg`` trains with mmengine's ``AmpOptimWrapper`` in
-    bfloat16 (``--amp --cfg-options optim_wrapper.dtype=bfloat16``)."""
+    bfloat16 (``--amp --cfg-options optim_wrapper.dtype=bfloat16``; in a
+    pure-Python config ``type=AmpOptimWrapper``, ``dtype='bfloat16'`` or
+    ``torch.bfloat16``)."""
     wrapper = cfg.get('optim_wrapper') or {}
-    return wrapper.get('type') == 'AmpOptimWrapper' and \
+    return isinstance(wrapper, dict) and \
+        is_type(wrapper, 'AmpOptimWrapper', 'mmengine') and \
         str(wrapper.get('dtype')).endswith('bfloat16')
 
 
@@ -229,9 +259,12 @@ def float32_box_heads(cfg) -> list:
     predictions' dtype, shifting the proposals by up to 7 pixels in
     bfloat16). Both are mmdet's modules in float32. The detector is
     ``cfg.model``, or ``cfg.model.detector`` for wrappers such as
-    SoftTeacher; a scope prefix (``mmdet.RPNHead``) is kept.
-    ``mmdet_overlock`` joins ``custom_imports`` (the caller imports it: this
-    module never imports mmdet). Returns the keys changed (none for other
+    SoftTeacher. A registry string keeps its scope prefix
+    (``mmdet.RPNHead`` -> ``mmdet.Float32RPNHead``) and ``mmdet_overlock``
+    joins ``custom_imports`` (the caller imports it: this module never
+    imports mmdet); in a pure-Python config (``type=RPNHead``, imported
+    from mmdet) the new type is a lazy import of ``mmdet_overlock``'s class,
+    as the config would write it. Returns the keys changed (none for other
     models), e.g. ``['model.rpn_head',
     'model.roi_head.bbox_roi_extractor']``."""
     model = cfg.get('model') or {}
@@ -239,30 +272,35 @@ def float32_box_heads(cfg) -> list:
     if 'rpn_head' not in model and 'roi_head' not in model and \
             isinstance(model.get('detector'), dict):
         model, prefix = model['detector'], 'model.detector'
-    changed = []
+    changed, registered = [], []
 
     def swap(module, ours, key):
-        scope, dot, name = str(module.get('type')).rpartition('.')
-        if name == _FLOAT32_OF[ours]:
+        if not isinstance(module, dict) or \
+                not is_type(module, _FLOAT32_OF[ours], 'mmdet'):
+            return
+        kind = dict.get(module, 'type')
+        if isinstance(kind, str):
+            scope, dot, _ = kind.rpartition('.')
             module['type'] = scope + dot + ours
-            changed.append(key)
+            registered.append(key)
+        else:
+            from mmengine.config.lazy import LazyObject
+            module['type'] = getattr(LazyObject('mmdet_overlock'), ours)
+        changed.append(key)
 
-    rpn_head = model.get('rpn_head')
-    if isinstance(rpn_head, dict):
-        swap(rpn_head, 'Float32RPNHead', f'{prefix}.rpn_head')
+    swap(model.get('rpn_head'), 'Float32RPNHead', f'{prefix}.rpn_head')
     roi_head = model.get('roi_head') or {}
     for key in sorted(k for k in roi_head if k.endswith('_roi_extractor')):
         found = roi_head[key]
         stages = enumerate(found) if isinstance(found, list) else [(None,
                                                                     found)]
         for stage, extractor in stages:  # a list: one per cascade stage
-            if isinstance(extractor, dict):
-                swap(extractor, 'Float32RoIExtractor',
-                     f'{prefix}.roi_head.{key}' + (
-                         '' if stage is None else f'[{stage}]'))
+            swap(extractor, 'Float32RoIExtractor',
+                 f'{prefix}.roi_head.{key}' + (
+                     '' if stage is None else f'[{stage}]'))
     custom = dict(cfg.get('custom_imports') or {})
     imports = list(custom.get('imports') or [])
-    if changed and 'mmdet_overlock' not in imports:
+    if registered and 'mmdet_overlock' not in imports:
         cfg['custom_imports'] = dict(custom,
                                      imports=imports + ['mmdet_overlock'])
     return changed

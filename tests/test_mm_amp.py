@@ -283,6 +283,85 @@ def test_train_tool_keeps_boxes_in_float32_for_bfloat16(tmp_path):
     assert float32_box_heads(seg) == []
 
 
+PURE_PYTHON_CONFIG = """
+from mmdet.models import RPNHead, SingleRoIExtractor
+from mmdet.models import roi_heads
+from mmengine.optim import OptimWrapper
+from torch.optim import SGD
+from my_heads import RPNHead as MyRPNHead
+
+model = dict(
+    rpn_head=dict(type=RPNHead, in_channels=8, feat_channels=8,
+                  anchor_generator=dict(type='AnchorGenerator', scales=[8],
+                                        ratios=[1.0], strides=[4])),
+    roi_head=dict(
+        type=roi_heads.CascadeRoIHead,
+        bbox_roi_extractor=[dict(type=roi_heads.SingleRoIExtractor,
+                                 roi_layer=dict(type='RoIAlign',
+                                                output_size=7),
+                                 out_channels=8, featmap_strides=[4])] * 2,
+        mask_roi_extractor=dict(type=SingleRoIExtractor,
+                                roi_layer=dict(type='RoIAlign',
+                                               output_size=14),
+                                out_channels=8, featmap_strides=[4])),
+    detector=dict(rpn_head=dict(type=MyRPNHead)))
+optim_wrapper = dict(type=OptimWrapper, optimizer=dict(type=SGD, lr=0.1))
+"""
+
+
+def test_float32_box_heads_of_a_pure_python_config(tmp_path, monkeypatch):
+    """mmdet 3.x's pure-Python configs (``type=RPNHead``, imported):
+    ``tools/train.py --amp --cfg-options optim_wrapper.dtype=bfloat16``
+    swaps the heads for lazy imports of ``mmdet_overlock``'s (nothing is
+    imported until the model is built; the dumped config names them), the
+    modules build, and a class of another package named ``RPNHead`` is
+    left alone; float32 and fp16 are unchanged."""
+    from mmdet.registry import MODELS
+    from mmengine.config import Config
+    from mmengine.config.lazy import LazyAttr
+    from mmengine.optim import AmpOptimWrapper
+    from mmengine.registry import DefaultScope
+
+    from overlock_mm.runtime import (float32_box_heads, is_type,
+                                     trains_in_bfloat16)
+    (tmp_path / 'my_heads.py').write_text('class RPNHead:\n    pass\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = tmp_path / 'pure.py'
+    path.write_text(PURE_PYTHON_CONFIG)
+    train = _train_tool()
+    common = [str(path), '--work-dir', str(tmp_path)]
+    for extra in (['--amp'], []):
+        cfg = train.load_config(train.parse_args(common + extra))
+        assert not trains_in_bfloat16(cfg)
+        assert str(dict.get(cfg.model.rpn_head, 'type')) == 'RPNHead'
+    cfg = train.load_config(train.parse_args(
+        common + ['--amp', '--cfg-options', 'optim_wrapper.dtype=bfloat16']))
+    assert trains_in_bfloat16(cfg)
+    model = cfg.model
+    raw = [dict.get(m, 'type') for m in (
+        model.rpn_head, *model.roi_head.bbox_roi_extractor,
+        model.roi_head.mask_roi_extractor)]
+    assert all(isinstance(t, LazyAttr) and t.module == 'mmdet_overlock'
+               for t in raw), raw
+    assert 'custom_imports' not in cfg  # the lazy imports load it
+    assert "type='mmdet_overlock.Float32RPNHead'" in cfg.pretty_text
+    assert cfg.model.detector.rpn_head.type.__module__ == 'my_heads'
+    DefaultScope.get_instance('test_pure_python', scope_name='mmdet')
+    assert type(MODELS.build(model.rpn_head)).__name__ == 'Float32RPNHead'
+    assert type(MODELS.build(model.roi_head.mask_roi_extractor)).__name__ \
+        == 'Float32RoIExtractor'
+    # a second pass finds nothing left to change; the wrapper's class type
+    assert float32_box_heads(cfg) == []
+    wrapper = Config(dict(optim_wrapper=dict(type=AmpOptimWrapper,
+                                             dtype=torch.bfloat16)))
+    assert trains_in_bfloat16(wrapper)
+    assert is_type(dict(type='mmengine.AmpOptimWrapper'), 'AmpOptimWrapper',
+                   'mmengine')
+    assert is_type(dict(type='mmdet.AmpOptimWrapper'), 'AmpOptimWrapper',
+                   'mmengine')  # a scope resolves through the parents
+    assert not is_type(dict(type=Config), 'Config', 'mmdet')
+
+
 @pytest.fixture(scope='module')
 def toy(tmp_path_factory):
     root = tmp_path_factory.mktemp('toy_amp')

@@ -22,8 +22,9 @@ from mmengine.registry import RUNNERS  # noqa: E402
 
 from overlock_mm.console import CONSOLE_MODES, runner_class  # noqa
 from overlock_mm.runtime import (distributed_run, run_program,  # noqa
-                                 float32_box_heads, mmengine_checkpoints,
-                                 prepare_runtime, trains_in_bfloat16)
+                                 float32_box_heads, is_type,
+                                 mmengine_checkpoints, prepare_runtime,
+                                 trains_in_bfloat16)
 
 
 def parse_args(argv=None):
@@ -71,7 +72,7 @@ def load_config(args) -> Config:
         cfg.work_dir = osp.join('./work_dirs',
                                 osp.splitext(osp.basename(args.config))[0])
     if args.amp:
-        if cfg.optim_wrapper.get('type', 'OptimWrapper') == 'AmpOptimWrapper':
+        if is_type(cfg.optim_wrapper, 'AmpOptimWrapper', 'mmengine'):
             print_log('AMP is already on in this config.', logger='current',
                       level=logging.WARNING)
         else:
