@@ -185,7 +185,9 @@ def prepare_runtime(cfg, launcher: str = 'none') -> None:
         cfg.sync_bn = None
     env = cfg.setdefault('env_cfg', {})
     env.setdefault('dist_cfg', {})['backend'] = 'gloo'
-    if cfg.get('optim_wrapper', {}).get('type') == 'AmpOptimWrapper':
+    wrapper = cfg.get('optim_wrapper') or {}
+    if isinstance(wrapper, dict) and \
+            is_type(wrapper, 'AmpOptimWrapper', 'mmengine'):
         cfg.optim_wrapper.type = 'OptimWrapper'
         # the AmpOptimWrapper-only keys (mmengine 0.10.7's AMP wrapper
         # refuses to build without a GPU)

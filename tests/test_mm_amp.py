@@ -253,7 +253,8 @@ def test_train_tool_keeps_boxes_in_float32_for_bfloat16(tmp_path):
     config: its extractors become ``Float32RoIExtractor`` (it would stop at
     its first RoI pooling) and its RPN head ``Float32RPNHead``,
     ``mmdet_overlock`` is imported by the config, and the model builds;
-    fp16 and float32 are left alone; a segmentor has nothing to change."""
+    the dtype without ``--amp`` trains with AMP too; fp16 and float32 are
+    left alone; a segmentor has nothing to change."""
     from mmengine.config import Config
 
     from overlock_mm.runtime import build_model, float32_box_heads
@@ -278,6 +279,12 @@ def test_train_tool_keeps_boxes_in_float32_for_bfloat16(tmp_path):
         assert cfg.model.roi_head.bbox_roi_extractor.type == \
             'SingleRoIExtractor'
         assert cfg.model.rpn_head.type == 'RPNHead'
+    # the dtype alone (mmengine's OptimWrapper would refuse it): AMP as well
+    alone = train.load_config(train.parse_args(
+        common + ['--cfg-options', 'optim_wrapper.dtype=bfloat16']))
+    assert alone.optim_wrapper.type == 'AmpOptimWrapper'
+    assert alone.model.rpn_head.type == 'Float32RPNHead'
+    assert alone.optim_wrapper.optimizer == bf16.optim_wrapper.optimizer
     seg = Config.fromfile(os.path.join(ROOT, 'configs', '_toy',
                                        'upernet_overlock_toy_ade.py'))
     assert float32_box_heads(seg) == []

@@ -78,6 +78,16 @@ def load_config(args) -> Config:
         else:
             cfg.optim_wrapper.type = 'AmpOptimWrapper'
             cfg.optim_wrapper.loss_scale = 'dynamic'
+    wrapper = cfg.get('optim_wrapper') or {}
+    if wrapper.get('dtype') is not None and (
+            'type' not in wrapper or
+            is_type(wrapper, 'OptimWrapper', 'mmengine')):
+        # ``--cfg-options optim_wrapper.dtype=bfloat16`` alone: the dtype is
+        # AmpOptimWrapper's (OptimWrapper would stop with a TypeError)
+        print_log(f"optim_wrapper.dtype={wrapper.get('dtype')}: training with "
+                  'AmpOptimWrapper (automatic mixed precision), as --amp '
+                  'does.', logger='current', level=logging.WARNING)
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
     if trains_in_bfloat16(cfg):
         # mmcv's RoIAlign would stop the first iteration, and mmdet's RPN
         # would decode its proposals from bfloat16 anchors
