@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from conftest import ROOT
@@ -42,3 +43,53 @@ def test_flops_count_contmix():
     # per block 2 halves x (C/2) channels x 169 pixels x (25 or 169) taps
     per_block3 = 128 * 13 * 13 * (25 + 169)
     assert contmix * 1e9 >= 6 * per_block3
+
+
+def _collect_env():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        'collect_env', os.path.join(ROOT, 'tools', 'misc', 'collect_env.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_collect_env_checks_kernels_and_backbone(tmp_path):
+    """``tools/misc/collect_env.py --check``: the environment, then the
+    ContMix and depthwise kernels and a backbone step against float64, all
+    within their limits here (exit 0), written to ``--json``."""
+    out = tmp_path / 'env.json'
+    proc = subprocess.run(
+        [PY, os.path.join(ROOT, 'tools', 'misc', 'collect_env.py'),
+         '--check', '--dtype', 'fp32', '--json', str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        timeout=600)
+    assert proc.returncode == 0, proc.stdout
+    result = json.loads(out.read_text())
+    env = result['environment']
+    assert env['PyTorch'] == torch.__version__
+    assert env['ContMix on cpu'].startswith('PyTorch')
+    assert 'PyTorch compiling details' not in env
+    checks = result['checks']
+    assert len(checks) == 7 and all(c['ok'] for c in checks)
+    assert {c['what'].split()[0] for c in checks} == {
+        'ContMix', 'depthwise', 'backbone'}
+    assert 'FAIL' not in proc.stdout and '7 of 7 checks' in proc.stdout
+
+
+def test_collect_env_reports_a_wrong_kernel(monkeypatch, capsys):
+    """A depthwise convolution off by 1e-3 of its output: the rows that
+    read it fail, the tool says which and returns 1."""
+    tool = _collect_env()
+    right = tool.depthwise_conv2d
+    monkeypatch.setattr(tool, 'depthwise_conv2d',
+                        lambda x, *a: right(x, *a) * (1 + 1e-3))
+    assert tool.main(['--check', '--kernels-only', '--dtype', 'fp32']) == 1
+    text = capsys.readouterr().out
+    assert text.count('FAIL') == 3  # two cases, and the summary
+    assert 'FAILED depthwise 17x17 dil 1, 40x36 fp32; depthwise 7x7' in text
+    monkeypatch.setattr(tool, 'depthwise_conv2d', right)
+    assert tool.main(['--kernels-only', '--check', '--dtype', 'fp32']) == 0
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match='no CUDA device'):
+            tool.main(['--device', 'cuda'])
