@@ -8,7 +8,8 @@
 # Stages (estimated H100 minutes in brackets, not yet measured: the script
 # has not run on a GPU; each step has its own time
 # limit, so that a hanging step costs its limit, not the call):
-#   env       the GPU, versions, Triton kernel variants compiled for it (1)
+#   env       the GPU, versions, Triton kernel variants compiled for it,
+#             tools/misc/collect_env.py --check on it (2)
 #   tests     the GPU-relevant tests on the real compiler (3-5; the toy
 #             detector in bf16 on CUDA too when mmcv is built)
 #   eager     backbone vs ConvNeXt-T / ResNet-50 / Swin-T, train AMP fp16 +
@@ -75,6 +76,8 @@ for stage in "$@"; do
       step env 120 bash -c "nvidia-smi; $PY -c 'import torch, triton, timm; print(torch.__version__, torch.version.cuda, torch.backends.cudnn.version(), triton.__version__, timm.__version__); print(torch.cuda.get_device_name(), torch.cuda.get_device_capability())'; git log -1 --oneline 2>/dev/null || true"
       cc=$($PY -c 'import torch; print("%d%d" % torch.cuda.get_device_capability())' 2>/dev/null || echo 90)
       step triton_compile 300 $PY tools/analysis/triton_compile.py --cc "$cc"
+      # every kernel and an XT backbone step on the GPU against float64
+      step collect_env 240 $PY tools/misc/collect_env.py --check --device "$DEVICE"
       ;;
     tests)
       step tests 540 $PY -m pytest -q -x -p no:cacheprovider \
