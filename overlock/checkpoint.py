@@ -113,10 +113,17 @@ def safe_load(filename: str, map_location='cpu'):
             tensors, plain containers and :func:`safe_globals` types. Such
             objects are never constructed or called.
     """
-    if re.match(r'^https?://', str(filename)):
+    if not isinstance(filename, (str, os.PathLike)):
+        raise TypeError(f'A checkpoint is a path or an http(s) URL, got '
+                        f'{type(filename).__name__}')
+    filename = os.fspath(filename)
+    if re.match(r'^https?://', filename):
         filename = _download(filename)
     if not os.path.isfile(filename):
         raise CheckpointError(f'Checkpoint file not found: {filename}')
+    if os.path.getsize(filename) == 0:
+        raise CheckpointError(f'Could not read checkpoint {filename}: the '
+                              'file is empty (0 bytes)')
     try:
         with allow_globals(safe_globals()):
             return torch.load(
@@ -134,6 +141,12 @@ def safe_load(filename: str, map_location='cpu'):
     except (RuntimeError, EOFError, OSError) as e:
         raise CheckpointError(
             f'Could not read checkpoint {filename}: {e}') from None
+    except (KeyError, ValueError, TypeError, IndexError) as e:
+        # the weights-only unpickler reading a file that is not a pickle
+        # (text, JSON, numpy): e.g. KeyError on an unknown opcode
+        raise CheckpointError(
+            f'Could not read checkpoint {filename}: not a file written by '
+            f'torch.save ({type(e).__name__}: {e})') from None
 
 
 def _unwrap(checkpoint) -> Dict[str, torch.Tensor]:
@@ -266,9 +279,15 @@ def load_checkpoint(model: nn.Module,
         ``mismatched`` (lists of names) and ``dropped`` (heads removed).
     """
     log = logger or globals()['logger']
-    source = filename if isinstance(filename, str) else '<state_dict>'
-    raw = safe_load(filename, map_location) if isinstance(filename, str) \
-        else filename
+    if isinstance(filename, (str, os.PathLike)):
+        source = os.fspath(filename)
+        raw = safe_load(source, map_location)
+    elif isinstance(filename, Mapping):
+        source, raw = '<state_dict>', filename
+    else:
+        raise TypeError('load_checkpoint takes a path, an http(s) URL or a '
+                        f'loaded checkpoint (a dict), got '
+                        f'{type(filename).__name__}')
     unwrapped = _strip(_select_prefix(_unwrap(raw), prefix))
     sd = _drop_heads(unwrapped, model)
     dropped = sorted(set(unwrapped) - set(sd))
@@ -310,6 +329,12 @@ def load_checkpoint(model: nn.Module,
         raise CheckpointError(' '.join(parts))
 
     to_load = {k: v for k, v in sd.items() if k in own and k not in mismatched}
+    if own and not to_load:  # strict=False, and nothing of it fits
+        raise CheckpointError(
+            f'Checkpoint {source} has none of the model\'s tensors: it holds '
+            f'{len(sd)} others ({_short(list(sd), 4)}), the model '
+            f'{_short(list(own), 4)}. Is it an OverLoCK checkpoint, and is '
+            f'the prefix right (prefix={prefix!r})?')
     model.load_state_dict(to_load, strict=False)
     report = dict(
         loaded=len(to_load),

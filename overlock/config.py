@@ -138,18 +138,24 @@ def options(**values) -> Iterator[Dict[str, Any]]:
 
 
 # Shorthands kept from earlier releases.
+def _flag(value: Any) -> Any:
+    """A shorthand's switch value as a bool (1 / 0, numpy's bools), except a
+    string: ``'off'`` is truthy, so :func:`_check` refuses it instead."""
+    return value if isinstance(value, str) else bool(value)
+
+
 def set_fast_inference(enabled: bool) -> None:
     """``set_options(fast_inference=enabled)``: in eval mode without
     autograd, fold BatchNorms, LayerScales and dilated branches into the
     neighbouring convolutions (cached until a weight changes) and, on CPU,
     run the fused path (oneDNN post-ops, channels-last, in-place work)."""
-    set_options(fast_inference=bool(enabled))
+    set_options(fast_inference=_flag(enabled))
 
 
 def set_accelerators(natten=None, igemm=None) -> None:
     """Allow or forbid natten 0.17's ``na2d_av`` and the implicit-GEMM
     depthwise convolutions on CUDA; ``None`` leaves a switch unchanged."""
-    set_options(**{k: bool(v) for k, v in
+    set_options(**{k: _flag(v) for k, v in
                    dict(natten=natten, igemm=igemm).items() if v is not None})
 
 
@@ -170,7 +176,7 @@ def set_reference_mode(enabled: bool) -> None:
     """``set_options(reference=enabled)``: run every layer as the official
     code does (gathered ContMix aggregation, dilated branches one by one,
     element-wise residuals, no folding). For benchmarks and tests only."""
-    set_options(reference=bool(enabled))
+    set_options(reference=_flag(enabled))
 
 
 def reference_mode() -> bool:

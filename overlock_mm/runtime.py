@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 import traceback
-from typing import Callable
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -86,7 +86,8 @@ def mmengine_checkpoints():
 def _replace_sync_bn(obj):
     if isinstance(obj, dict):
         for k, v in obj.items():
-            if k == 'type' and v in ('SyncBN', 'MMSyncBN', 'TorchSyncBN'):
+            if k == 'type' and (v in ('SyncBN', 'MMSyncBN', 'TorchSyncBN')
+                                or is_type(obj, 'SyncBatchNorm', 'torch')):
                 obj[k] = 'BN'
             else:
                 _replace_sync_bn(v)
@@ -210,29 +211,45 @@ def prepare_runtime(cfg, launcher: str = 'none') -> None:
 
 
 def _type_of(module: dict):
-    """``(name, origin)`` of a config node's ``type``: for a registry string
-    (``'RPNHead'``, ``'mmdet.RPNHead'``) the origin is ``None``: a scope
-    resolves through the registries' parents. For a class or a pure-Python
-    config's lazy import (mmengine's ``LazyObject`` / ``LazyAttr``, read
-    without importing anything) it is their module (``'mmdet.models'``)."""
+    """``(name, scope, origin)`` of a config node's ``type``:
+
+    * a registry string (``'RPNHead'``, ``'mmdet.RPNHead'``): its scope
+      (``''`` if none), no origin;
+    * a module path (``'mmdet.models.dense_heads.rpn_head.RPNHead'``, as
+      ``cfg.dump()`` writes a pure-Python config's types), a class, or a
+      pure-Python config's lazy import (mmengine's ``LazyObject`` /
+      ``LazyAttr``, read without importing anything): no scope, the module
+      as origin.
+    """
     from mmengine.config.lazy import LazyAttr, LazyObject
     kind = dict.get(module, 'type')  # unbuilt: a ConfigDict builds lazies
     if isinstance(kind, str):
-        return kind.rpartition('.')[2], None
+        scope, _, name = kind.rpartition('.')
+        if '.' in scope:
+            return name, None, scope
+        return name, scope, None
     if isinstance(kind, (LazyObject, LazyAttr)):
-        return str(kind), kind.module
+        return str(kind), None, kind.module
     if isinstance(kind, type):
-        return kind.__name__, kind.__module__
-    return None, None
+        return kind.__name__, None, kind.__module__
+    return None, None, None
 
 
-def is_type(module: dict, name: str, package: str) -> bool:
-    """Whether a config node's ``type`` is ``package``'s ``name``: a registry
-    string of that name (any scope), or the class ``name`` imported from
-    ``package`` or its submodules (a class or a lazy import)."""
-    found, origin = _type_of(module)
-    return found == name and (origin is None or origin == package or
-                              origin.startswith(package + '.'))
+def is_type(module: dict, name: str, package: str,
+            scopes: Optional[Sequence[str]] = None,
+            default_scope: Optional[str] = None) -> bool:
+    """Whether a config node's ``type`` is ``package``'s class ``name``: the
+    class imported from ``package`` or its submodules (a class, a lazy
+    import, a module path), or a registry string of that name whose scope
+    (the string's, else ``default_scope``) is in ``scopes`` (``None``: any
+    scope, for classes every registry inherits, e.g. mmengine's)."""
+    found, scope, origin = _type_of(module)
+    if found != name:
+        return False
+    if origin is not None:
+        return origin == package or origin.startswith(package + '.')
+    scope = scope or default_scope
+    return scopes is None or scope is None or scope in scopes
 
 
 def trains_in_bfloat16(cfg) -> bool:
@@ -276,14 +293,20 @@ def float32_box_heads(cfg) -> list:
         model, prefix = model['detector'], 'model.detector'
     changed, registered = [], []
 
+    default_scope = cfg.get('default_scope')
+
     def swap(module, ours, key):
-        if not isinstance(module, dict) or \
-                not is_type(module, _FLOAT32_OF[ours], 'mmdet'):
+        # (a registry string of another scope may name a project's own
+        # class of that name: left alone)
+        if not isinstance(module, dict) or not is_type(
+                module, _FLOAT32_OF[ours], 'mmdet', ('mmdet', ),
+                default_scope):
             return
         kind = dict.get(module, 'type')
         if isinstance(kind, str):
-            scope, dot, _ = kind.rpartition('.')
-            module['type'] = scope + dot + ours
+            _, scope, origin = _type_of(module)
+            module['type'] = f'mmdet_overlock.{ours}' if origin else \
+                (f'{scope}.{ours}' if scope else ours)
             registered.append(key)
         else:
             from mmengine.config.lazy import LazyObject

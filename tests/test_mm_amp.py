@@ -369,6 +369,31 @@ def test_float32_box_heads_of_a_pure_python_config(tmp_path, monkeypatch):
     assert not is_type(dict(type=Config), 'Config', 'mmdet')
 
 
+def test_float32_box_heads_string_types_resolve_as_the_registry_would():
+    """A module path (what ``cfg.dump()`` writes for a pure-Python config's
+    types) becomes the module path of ours; an unscoped name is swapped only
+    where it resolves in mmdet (default scope mmdet or none), a name of
+    another scope is a project's own class and left alone."""
+    from mmengine.config import Config
+
+    from overlock_mm.runtime import float32_box_heads
+    dumped = Config(dict(model=dict(rpn_head=dict(
+        type='mmdet.models.dense_heads.rpn_head.RPNHead'))))
+    assert float32_box_heads(dumped) == ['model.rpn_head']
+    assert dumped.model.rpn_head.type == 'mmdet_overlock.Float32RPNHead'
+    mine = Config(dict(default_scope='myproj', model=dict(
+        rpn_head=dict(type='RPNHead'), roi_head=dict(bbox_roi_extractor=dict(
+            type='myproj.SingleRoIExtractor')))))
+    assert float32_box_heads(mine) == [] and 'custom_imports' not in mine
+    scoped = Config(dict(default_scope='myproj', model=dict(
+        rpn_head=dict(type='mmdet.RPNHead'))))
+    assert float32_box_heads(scoped) == ['model.rpn_head']
+    assert scoped.model.rpn_head.type == 'mmdet.Float32RPNHead'
+    other = Config(dict(model=dict(rpn_head=dict(
+        type='myproj.heads.RPNHead'))))
+    assert float32_box_heads(other) == []
+
+
 @pytest.fixture(scope='module')
 def toy(tmp_path_factory):
     root = tmp_path_factory.mktemp('toy_amp')

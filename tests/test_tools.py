@@ -61,7 +61,7 @@ def test_collect_env_checks_kernels_and_backbone(tmp_path):
     out = tmp_path / 'env.json'
     proc = subprocess.run(
         [PY, os.path.join(ROOT, 'tools', 'misc', 'collect_env.py'),
-         '--check', '--dtype', 'fp32', '--json', str(out)],
+         '--check', '--dtype', 'fp32', '--device', 'cpu', '--json', str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         timeout=600)
     assert proc.returncode == 0, proc.stdout
@@ -79,17 +79,30 @@ def test_collect_env_checks_kernels_and_backbone(tmp_path):
 
 def test_collect_env_reports_a_wrong_kernel(monkeypatch, capsys):
     """A depthwise convolution off by 1e-3 of its output: the rows that
-    read it fail, the tool says which and returns 1."""
+    read it fail, the tool says which and returns 1; so does one that
+    raises (e.g. a Triton compiler error), and the other checks still
+    run."""
     tool = _collect_env()
     right = tool.depthwise_conv2d
     monkeypatch.setattr(tool, 'depthwise_conv2d',
                         lambda x, *a: right(x, *a) * (1 + 1e-3))
-    assert tool.main(['--check', '--kernels-only', '--dtype', 'fp32']) == 1
+    assert tool.main(['--check', '--kernels-only', '--dtype', 'fp32',
+                      '--device', 'cpu']) == 1
     text = capsys.readouterr().out
     assert text.count('FAIL') == 3  # two cases, and the summary
     assert 'FAILED depthwise 17x17 dil 1, 40x36 fp32; depthwise 7x7' in text
+
+    def broken(*args):
+        raise RuntimeError('PassManager::run failed')
+    monkeypatch.setattr(tool, 'depthwise_conv2d', broken)
+    assert tool.main(['--check', '--kernels-only', '--dtype', 'fp32',
+                      '--device', 'cpu']) == 1  # a check that raises
+    text = capsys.readouterr().out
+    assert 'depthwise: RuntimeError: PassManager::run failed' in text
+    assert text.count('  OK') == 2  # the ContMix rows still ran
     monkeypatch.setattr(tool, 'depthwise_conv2d', right)
-    assert tool.main(['--kernels-only', '--check', '--dtype', 'fp32']) == 0
+    assert tool.main(['--kernels-only', '--check', '--dtype', 'fp32',
+                      '--device', 'cpu']) == 0
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit, match='no CUDA device'):
             tool.main(['--device', 'cuda'])

@@ -527,6 +527,12 @@ def depthwise_conv2d(x: torch.Tensor,
         large_kernel (bool): An undilated "same" large kernel: may use
             ``depthwise_conv2d_implicit_gemm`` on CUDA. Defaults to False.
     """
+    if weight.dim() != 4 or weight.shape[1] != 1 or \
+            x.dim() in (3, 4) and weight.shape[0] != x.shape[-3]:
+        raise ValueError(
+            f'depthwise_conv2d expects a weight (C, 1, kH, kW) with C = the '
+            f'channels of x, got weight {tuple(weight.shape)} for x '
+            f'{tuple(x.shape)}')
     # on CUDA and for the Triton kernels NCHW: cuDNN's channels-last
     # depthwise kernels are ~9x slower, the Triton kernels and iGEMM take
     # NCHW only
@@ -555,7 +561,8 @@ def depthwise_conv2d(x: torch.Tensor,
     # ATen would run the convolution channel by channel (slow_conv2d,
     # 4-70x slower than float32), so it is computed in float32
     if settings.cpu_conv == 'aten' or settings.reference or \
-            torch.compiler.is_compiling() or x.dim() != 4 or \
+            torch.compiler.is_compiling() or \
+            not _shape_applies(x, weight, padding, dilation) or \
             x.dtype not in (torch.float32, torch.float64) + HALF_DTYPES or \
             (x.dtype in HALF_DTYPES and has_half_kernels(x.dtype)):
         return F.conv2d(x, weight, bias, 1, padding, dilation,

@@ -14,13 +14,18 @@ aggregation the device runs.
 
 ``--check`` runs, on the device and in each dtype it supports (float32, and
 on CUDA float16 / bfloat16; on CPU bfloat16), the ContMix aggregation and
-the large-kernel depthwise convolutions forward and backward, and a
-backbone's training step and eval forward (autocast for half precision),
-against the same computation in float64 on CPU. It prints each relative
-error with its limit (the test suite's) and exits with 1 if one is over:
-a kernel miscompiled for a new GPU or Triton version shows here. float32 on
-CUDA runs with TF32 off, as the limits assume. Afterwards it lists what the
-depthwise convolutions chose per shape (ATen or Triton).
+the large-kernel depthwise convolutions forward and backward (on CUDA twice:
+as dispatched, and forced onto the Triton kernels, which the dispatch uses
+only where they win the timing and agree with ATen), and a backbone's
+training step and eval forward (autocast for half precision), against the
+same computation in float64 on CPU. It prints each relative error with its
+limit and exits with 1 if one is over or a check raises (its error is the
+row): a kernel miscompiled for a new GPU or Triton version shows here. The
+kernels' limits are the test suite's; the backbone's are set to catch a
+broken kernel (errors of order 1), not to grade rounding, which grows with
+depth (bfloat16: ~2 % for XT, ~4 % for S). float32 on CUDA runs with TF32
+off. Afterwards it lists what the depthwise convolutions chose per shape
+(ATen or Triton).
 """
 import argparse
 import collections
@@ -49,10 +54,12 @@ CONTMIX_LIMIT = {torch.float32: 1e-5, torch.float16: 4e-3,
                  torch.bfloat16: 3e-2}
 DWCONV_LIMIT = {torch.float32: 1e-5, torch.float16: 4e-3,
                 torch.bfloat16: 2e-2}
-#: ... and of the backbone (relative L2; half precision: autocast, as
-#: tests/test_amp.py), (outputs, gradients)
-MODEL_LIMIT = {torch.float32: (1e-4, 1e-4), torch.float16: (0.03, 0.06),
-               torch.bfloat16: (0.03, 0.06)}
+#: ... and of the backbone (relative L2, (outputs, gradients); half
+#: precision: autocast), far above rounding (measured on CPU: XT float32
+#: 1e-6 / 1e-5, float16 2e-3 / 4e-3, bfloat16 2e-2 / 3e-2; S bfloat16 4e-2)
+#: and far below a broken kernel's errors
+MODEL_LIMIT = {torch.float32: (1e-3, 1e-3), torch.float16: (0.05, 0.1),
+               torch.bfloat16: (0.15, 0.25)}
 #: ContMix ``(B, G, H, W, C, K)``: odd sizes, the model's smallest and
 #: largest kernels
 CONTMIX_CASES = [(2, 2, 15, 17, 8, 5), (1, 2, 19, 18, 16, 13)]
@@ -171,6 +178,17 @@ def check_contmix(device: str, dtype: torch.dtype) -> List[Row]:
 
 
 def check_dwconv(device: str, dtype: torch.dtype) -> List[Row]:
+    """The depthwise convolutions as dispatched and, on CUDA with triton,
+    forced onto the Triton kernels."""
+    rows = _dwconv_rows(device, dtype, '')
+    if torch.device(device).type == 'cuda' and \
+            accelerator_status()['triton']:
+        with overlock.options(kernels='triton'):
+            rows += _dwconv_rows(device, dtype, ' (triton)')
+    return rows
+
+
+def _dwconv_rows(device: str, dtype: torch.dtype, label: str) -> List[Row]:
     rows = []
     gen = torch.Generator().manual_seed(1)
     for c, h, w, k, dil in DWCONV_CASES:
@@ -187,7 +205,7 @@ def check_dwconv(device: str, dtype: torch.dtype) -> List[Row]:
                       for t in (x, weight, bias)], go.to(device))
         errors = {name: _rel_max(a, r) for name, a, r in
                   zip(('out', 'd x', 'd w', 'd b'), got, ref)}
-        rows.append(Row(f'depthwise {k}x{k} dil {dil}, {h}x{w}',
+        rows.append(Row(f'depthwise {k}x{k} dil {dil}, {h}x{w}{label}',
                         _name(dtype), errors, DWCONV_LIMIT[dtype]))
     return rows
 
@@ -248,7 +266,9 @@ def default_dtypes(device: str) -> List[str]:
     if device == 'cpu':
         return ['fp32', 'bf16']
     dtypes = ['fp32', 'fp16']
-    if torch.cuda.is_bf16_supported():
+    with torch.cuda.device(device):
+        native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+    if native_bf16:
         dtypes.append('bf16')
     return dtypes
 
@@ -272,13 +292,22 @@ def check(device: str, dtypes: List[str], arch='xt', size=(64, 64),
     """Every check on ``device`` in ``dtypes`` (the backbone's unless
     ``backbone`` is False); each row is logged as it comes."""
     rows = []
-    checks = [check_contmix, check_dwconv]
+    checks = [('ContMix', check_contmix), ('depthwise', check_dwconv)]
     if backbone:
-        checks.append(lambda d, t: check_backbone(d, t, arch, size))
-    with _no_tf32():
+        checks.append(('backbone', lambda d, t: check_backbone(d, t, arch,
+                                                               size)))
+    on_cuda = torch.device(device).type == 'cuda'
+    with _no_tf32(), (torch.cuda.device(device) if on_cuda
+                      else contextlib.nullcontext()):
         for dtype in (DTYPES[d] for d in dtypes):
-            for fn in checks:
-                for row in fn(device, dtype):
+            for what, fn in checks:
+                try:
+                    found = fn(device, dtype)
+                except Exception as exc:  # a check that raises fails
+                    found = [Row(f'{what}: {type(exc).__name__}: '
+                                 f'{str(exc)[:300]}', _name(dtype),
+                                 {'error': float('inf')}, 0.)]
+                for row in found:
                     log(row.line())
                     rows.append(row)
     return rows
