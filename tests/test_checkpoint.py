@@ -170,6 +170,33 @@ def test_missing_file():
         load_checkpoint(OverLoCK('xt'), '/nonexistent.pth')
 
 
+def test_files_that_are_not_checkpoints_and_paths(tmp_path):
+    """A text file, an empty file, a checkpoint of another network (even
+    with ``strict=False``: nothing would load), and a filename that is not
+    a path are named as such; a ``pathlib.Path`` is a path."""
+    import torchvision
+    from conftest import TINY_ARCH
+    model = OverLoCK(TINY_ARCH)
+    text, empty, other, ours = (tmp_path / n for n in (
+        'notes.txt', 'empty.pth', 'resnet.pth', 'ours.pth'))
+    text.write_text('hello\n')
+    empty.write_bytes(b'')
+    torch.save(torchvision.models.resnet18().state_dict(), other)
+    torch.save(model.state_dict(), ours)
+    with pytest.raises(CheckpointError, match='not a file written by '
+                       'torch.save'):
+        load_checkpoint(model, str(text))
+    with pytest.raises(CheckpointError, match=r'empty \(0 bytes\)'):
+        load_checkpoint(model, str(empty))
+    with pytest.raises(CheckpointError, match="has none of the model's "
+                       r'tensors: it holds 122 others \(bn1.bias'):
+        load_checkpoint(model, str(other), strict=False)
+    for bad in (None, 5):
+        with pytest.raises(TypeError, match='takes a path, an http'):
+            load_checkpoint(model, bad)
+    assert load_checkpoint(model, ours)['loaded'] == len(model.state_dict())
+
+
 def test_prefix_selects_and_a_wrong_prefix_is_named(tmp_path):
     from conftest import TINY_ARCH, randomize_
     src = randomize_(OverLoCK(TINY_ARCH))

@@ -41,6 +41,14 @@ def test_bad_options_are_clear_errors_and_change_nothing():
     with pytest.raises(ValueError, match='must be True or False'):
         overlock.set_options(natten='no')
     assert overlock.get_options() == DEFAULTS  # contmix was not set either
+    # the shorthands too ('off' is truthy: it must not turn a switch on)
+    for setter in (overlock.set_reference_mode, overlock.set_fast_inference):
+        with pytest.raises(ValueError, match="must be True or False, got "
+                           "'off'"):
+            setter('off')
+    with pytest.raises(ValueError, match="natten must be True or False"):
+        overlock.set_accelerators(natten='no')
+    assert overlock.get_options() == DEFAULTS
 
 
 def test_shorthand_setters():

@@ -11,7 +11,8 @@ import overlock
 import overlock.ops as ops
 from overlock.layers import LargeKernelDWConv2d
 from overlock.ops import (accelerators, contmix_aggregate,
-                          contmix_aggregate_reference, neighborhood_bias_index,
+                          contmix_aggregate_reference, depthwise_conv2d,
+                          neighborhood_bias_index,
                           neighborhood_starts)
 from overlock.ops.cpu import is_channels_last
 from overlock.ops.dwconv import _conv_forward, _DepthwiseConvCPU
@@ -108,6 +109,30 @@ def test_aggregate_rejects_bad_shapes():
     with pytest.raises(ValueError, match='at least 5 x 5'):
         contmix_aggregate(torch.zeros(1, 1, 4, 6, 25),
                           torch.zeros(1, 1, 4, 6, 3), 5)
+    for k in (4, 0, 3.0):  # a centred window
+        with pytest.raises(ValueError, match='positive odd int'):
+            contmix_aggregate(torch.zeros(1, 1, 9, 9, 16),
+                              torch.zeros(1, 1, 9, 9, 3), k)
+
+
+def test_depthwise_conv2d_shapes():
+    """Any stride-1 depthwise shape F.conv2d takes is computed, forward and
+    backward (the CPU plans take odd "same" kernels, the rest goes to
+    F.conv2d); a weight that is not depthwise for ``x`` is named."""
+    x = torch.randn(1, 4, 9, 9, requires_grad=True)
+    for shape, pad in (((4, 1, 4, 4), 2), ((4, 1, 3, 3), 0),
+                       ((4, 1, 3, 5), 1), ((4, 1, 3, 3), 2)):
+        w = torch.randn(shape, requires_grad=True)
+        got = depthwise_conv2d(x, w, None, pad)
+        grads = torch.autograd.grad(got.square().sum(), (x, w))
+        want = F.conv2d(x, w, None, 1, pad, 1, 4)
+        wants = torch.autograd.grad(want.square().sum(), (x, w))
+        torch.testing.assert_close(got, want)
+        for g, r in zip(grads, wants):
+            torch.testing.assert_close(g, r)
+    for shape in ((4, 3, 3), (4, 2, 3, 3), (5, 1, 3, 3)):
+        with pytest.raises(ValueError, match=r'expects a weight \(C, 1, kH'):
+            depthwise_conv2d(x, torch.randn(shape), None, 1)
 
 
 @pytest.fixture
