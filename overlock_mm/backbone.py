@@ -11,6 +11,8 @@ from overlock.checkpoint import load_checkpoint
 from overlock.compiler import compile_kwargs
 from overlock.model import OverLoCK
 
+from .runtime import is_type
+
 __all__ = ['OverLoCKBackbone', 'register_backbone']
 
 #: the arguments of ``torch.compile`` besides the model
@@ -62,15 +64,45 @@ class OverLoCKBackbone(OverLoCK, BaseModule):
                 'call', ', '.join(f'{k}={v!r}' for k, v in options.items()))
 
     def init_weights(self):
+        """``init_cfg``: a ``Pretrained`` one (alone, or in a list, applied
+        after the others as mmengine does) loads through
+        :func:`overlock.load_checkpoint` (strict: a checkpoint that does not
+        fit is an error naming the keys); the others are mmengine's."""
         cfg = self.init_cfg
         if cfg is None:
             return
-        if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
-            load_checkpoint(self, cfg['checkpoint'], prefix=cfg.get('prefix'),
+        cfgs = list(cfg) if isinstance(cfg, (list, tuple)) else [cfg]
+        if not all(isinstance(c, dict) and 'type' in c for c in cfgs):
+            raise TypeError(
+                'OverLoCK init_cfg takes a dict with a type, or a list of '
+                "them, e.g. dict(type='Pretrained', checkpoint='ckpt.pth'), "
+                f'got {cfg!r}')
+        pretrained = [c for c in cfgs if _is_pretrained(c)]
+        others = [c for c in cfgs if not _is_pretrained(c)]
+        if len(pretrained) > 1:
+            raise ValueError('OverLoCK init_cfg has more than one Pretrained '
+                             f'entry: {pretrained!r}; keep one')
+        if others:
+            self.init_cfg = others if isinstance(cfg, (list, tuple)) \
+                else others[0]
+            try:
+                BaseModule.init_weights(self)
+            finally:
+                self.init_cfg = cfg
+        if pretrained:
+            if pretrained[0].get('checkpoint') is None:
+                raise ValueError(
+                    "OverLoCK init_cfg Pretrained needs checkpoint=PATH_OR_"
+                    f"URL, got {pretrained[0]!r}")
+            load_checkpoint(self, pretrained[0]['checkpoint'],
+                            prefix=pretrained[0].get('prefix'),
                             logger=MMLogger.get_current_instance())
-            self._is_init = True
-            return
-        BaseModule.init_weights(self)
+        self._is_init = True
+
+
+def _is_pretrained(cfg: dict) -> bool:
+    return is_type(cfg, 'Pretrained', 'mmengine') or \
+        is_type(cfg, 'PretrainedInit', 'mmengine')
 
 
 def register_backbone(registry, name: str = 'OverLoCK',

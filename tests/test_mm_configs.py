@@ -152,6 +152,38 @@ def test_pretrained_init_cfg_uses_safe_reporting_loader(tmp_path, caplog):
         assert torch.equal(p.state_dict()[k], v), k
 
 
+def test_init_cfg_list_and_mistakes(tmp_path):
+    """mmengine's list form: the ``Pretrained`` entry loads through our
+    strict loader (a checkpoint that does not fit is an error, not hundreds
+    of warnings), after the other entries; mistakes are named."""
+    from conftest import TINY_ARCH, randomize_
+    from overlock.checkpoint import CheckpointError
+    from overlock_mm import OverLoCKBackbone
+    src = randomize_(OverLoCKBackbone(arch=TINY_ARCH))
+    ckpt = tmp_path / 'ours.pth'
+    torch.save(src.state_dict(), ckpt)
+    m = OverLoCKBackbone(arch=TINY_ARCH, init_cfg=[
+        dict(type='Constant', val=0., layer='Conv2d'),
+        dict(type='Pretrained', checkpoint=str(ckpt))])
+    m.init_weights()
+    for k, v in src.state_dict().items():
+        assert torch.equal(m.state_dict()[k], v), k
+    zeros = OverLoCKBackbone(arch=TINY_ARCH, init_cfg=[
+        dict(type='Constant', val=0., layer='Conv2d')])
+    zeros.init_weights()
+    assert not zeros.patch_embed1[0].weight.any()
+    torch.save(OverLoCKBackbone(arch='xt').state_dict(), tmp_path / 'xt.pth')
+    with pytest.raises(CheckpointError, match='does not fit the model'):
+        OverLoCKBackbone(arch=TINY_ARCH, init_cfg=[dict(
+            type='Pretrained', checkpoint=str(tmp_path / 'xt.pth'))]
+        ).init_weights()
+    with pytest.raises(ValueError, match='Pretrained needs checkpoint='):
+        OverLoCKBackbone(arch=TINY_ARCH, init_cfg=dict(
+            type='Pretrained', ckpt=str(ckpt))).init_weights()
+    with pytest.raises(TypeError, match='takes a dict with a type'):
+        OverLoCKBackbone(arch=TINY_ARCH, init_cfg=str(ckpt)).init_weights()
+
+
 def test_eval_flag_mapping():
     from overlock_mm.runtime import apply_eval_metrics
     det = Config.fromfile(os.path.join(
