@@ -184,6 +184,39 @@ def test_init_cfg_list_and_mistakes(tmp_path):
         OverLoCKBackbone(arch=TINY_ARCH, init_cfg=str(ckpt)).init_weights()
 
 
+def test_runner_refuses_a_checkpoint_with_none_of_the_model_tensors(
+        tmp_path):
+    """mmengine loads ``load_from`` / ``tools/test.py``'s checkpoint
+    non-strictly: a backbone's weights given for a detector would load
+    nothing and evaluate a random model. Our runner refuses that and says
+    where the backbone's weights go; a checkpoint of the model loads."""
+    from mmengine.model import BaseModel
+
+    from conftest import TINY_ARCH
+    from overlock import OverLoCK
+    from overlock.checkpoint import CheckpointError
+    from overlock_mm.runner import OverLoCKRunner
+
+    class Detector(BaseModel):
+        def __init__(self):
+            super().__init__()
+            self.backbone = OverLoCK(TINY_ARCH)
+
+        def forward(self, *args, **kwargs):
+            return {}
+
+    runner = OverLoCKRunner(model=Detector(), work_dir=str(tmp_path))
+    backbone = tmp_path / 'backbone.pth'
+    torch.save(OverLoCK(TINY_ARCH).state_dict(), backbone)
+    with pytest.raises(CheckpointError, match=r"none of the model's tensors"
+                       r".*model.backbone.init_cfg=dict\(type='Pretrained'"):
+        runner.load_checkpoint(str(backbone))
+    whole = tmp_path / 'whole.pth'
+    torch.save({'state_dict': {'module.' + k: v for k, v in
+                               Detector().state_dict().items()}}, whole)
+    runner.load_checkpoint(str(whole))  # prefix 'module.' revised: loads
+
+
 def test_eval_flag_mapping():
     from overlock_mm.runtime import apply_eval_metrics
     det = Config.fromfile(os.path.join(
