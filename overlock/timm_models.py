@@ -8,7 +8,7 @@ backbone (detection flavour) returning the four stage outputs, with
 from timm.models import (generate_default_cfgs, get_pretrained_cfg,
                           register_model)
 
-from .checkpoint import RELEASE_URL, load_checkpoint
+from .checkpoint import RELEASE_URL, CheckpointError, load_checkpoint
 from .model import OverLoCK
 
 __all__ = ['default_cfgs']
@@ -39,10 +39,11 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create(arch: str, deploy: bool, pretrained: bool = False, **kwargs):
+    overlay = kwargs.pop('pretrained_cfg_overlay', None) or {}
     # timm's create_model() plumbing that a plain nn.Module does not take
-    for key in ('pretrained_cfg', 'pretrained_cfg_overlay', 'cache_dir',
-                'pretrained_strict', 'feature_cfg', 'scriptable',
-                'exportable', 'no_jit', 'global_pool', 'drop_rate'):
+    for key in ('pretrained_cfg', 'cache_dir', 'pretrained_strict',
+                'feature_cfg', 'scriptable', 'exportable', 'no_jit',
+                'global_pool', 'drop_rate'):
         kwargs.pop(key, None)
     features_only = kwargs.pop('features_only', False)
     in_chans = kwargs.pop('in_chans', 3)
@@ -53,11 +54,38 @@ def _create(arch: str, deploy: bool, pretrained: bool = False, **kwargs):
         kwargs.setdefault('num_classes', 1000)
     model = OverLoCK(arch=arch, in_channels=in_chans, deploy=deploy, **kwargs)
     name = f'overlock_{arch}{"_reparam" if deploy else ""}'
-    model.pretrained_cfg = get_pretrained_cfg(name).to_dict()
+    model.pretrained_cfg = dict(get_pretrained_cfg(name).to_dict(),
+                                **overlay)
     model.default_cfg = model.pretrained_cfg
     if pretrained:
-        load_checkpoint(model, model.pretrained_cfg['url'])
+        _load_pretrained(model, in_chans)
     return model
+
+
+def _load_pretrained(model: OverLoCK, in_chans: int) -> None:
+    """The release weights, or ``pretrained_cfg_overlay``'s ``file`` / ``url``
+    (e.g. a local copy on a machine without network). As in timm, another
+    ``num_classes`` gets a freshly initialised classifier; the stem takes
+    the release's 3 input channels only."""
+    cfg = model.pretrained_cfg
+    source = cfg.get('file') or cfg.get('url')
+    if in_chans != 3:
+        raise ValueError(f'pretrained=True: the released weights take 3 input '
+                         f'channels, not in_chans={in_chans}; build with '
+                         f'in_chans=3, or without pretrained weights')
+    classes = getattr(model, 'num_classes', 0)
+    if classes in (0, cfg.get('num_classes', 1000)):
+        load_checkpoint(model, source)
+        return
+    report = load_checkpoint(model, source, strict=False)
+    if set(report['missing']) - {k for k in model.state_dict()
+                                 if k.startswith(('head.', 'aux_head.'))} \
+            or any(not k.startswith(('head.', 'aux_head.'))
+                   for k in report['mismatched']):
+        raise CheckpointError(
+            f'{source} does not fit overlock with num_classes={classes} '
+            f'beyond its classifier: missing {report["missing"][:4]}, shape '
+            f'mismatch {report["mismatched"][:4]}')
 
 
 @register_model

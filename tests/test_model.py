@@ -182,6 +182,37 @@ def test_timm_registration():
     assert clf.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 5)
 
 
+def test_timm_pretrained_from_a_local_file(tmp_path):
+    """``pretrained_cfg_overlay=dict(file=...)`` loads a local copy (no
+    network); another ``num_classes`` keeps the body and gets a fresh
+    classifier, as timm does; a missing file and ``in_chans`` other than 3
+    are named."""
+    timm = pytest.importorskip('timm')
+    from overlock.checkpoint import CheckpointError
+    torch.manual_seed(0)
+    release = OverLoCK('xt', num_classes=1000)
+    path = tmp_path / 'overlock_xt_in1k_224.pth'
+    torch.save({'model': release.state_dict()}, path)
+    local = dict(file=str(path))
+    same = timm.create_model('overlock_xt', pretrained=True,
+                             pretrained_cfg_overlay=local)
+    for k, v in release.state_dict().items():
+        assert torch.equal(same.state_dict()[k], v), k
+    assert same.pretrained_cfg['file'] == str(path)
+    ten = timm.create_model('overlock_xt', pretrained=True, num_classes=10,
+                            pretrained_cfg_overlay=local)
+    assert ten.head[4].weight.shape[0] == 10
+    assert torch.equal(ten.patch_embed1[0].weight,
+                       release.patch_embed1[0].weight)
+    with pytest.raises(CheckpointError, match='not found: /nonexistent.pth'):
+        timm.create_model('overlock_xt', pretrained=True,
+                          pretrained_cfg_overlay=dict(file='/nonexistent.pth'))
+    with pytest.raises(ValueError, match='take 3 input channels, not '
+                       'in_chans=1'):
+        timm.create_model('overlock_xt', pretrained=True, in_chans=1,
+                          pretrained_cfg_overlay=local)
+
+
 def test_cached_constants_are_not_inference_tensors():
     """Constants cached by size (bias index, one-hot maps, identity tap)
     are normal tensors even when first built under torch.inference_mode,
