@@ -135,8 +135,20 @@ class OverLoCK(nn.Module):
         if not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= 4:
             raise ValueError(f'frozen_stages must be an int in -1..4 (-1: '
                              f'nothing frozen, 4: all), got {frozen_stages}')
-        if in_channels <= 0:
-            raise ValueError(f'in_channels must be positive, got {in_channels}')
+        for name, value, low in (('in_channels', in_channels, 1),
+                                 ('num_classes', num_classes, 0)):
+            if not isinstance(value, int) or isinstance(value, bool) or \
+                    value < low:
+                raise ValueError(f'{name} must be an int >= {low}, got '
+                                 f'{value!r}')
+        if not 0 <= drop_path_rate < 1:
+            raise ValueError(f'drop_path_rate must be in [0, 1), got '
+                             f'{drop_path_rate!r}')
+        if num_classes > 0 and out_indices != (0, 1, 2, 3):
+            raise ValueError(
+                f'out_indices={out_indices} with num_classes={num_classes}: a '
+                f'classifier returns logits, out_indices selects the stages '
+                f'of a backbone (num_classes=0)')
 
         self.in_channels = in_channels
         self.num_classes = num_classes
@@ -302,7 +314,11 @@ class OverLoCK(nn.Module):
 
     # --------------------------------------------------------------- forward
     def _check_input(self, x) -> None:
-        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f'OverLoCK expects a torch.Tensor (N, C, H, W), '
+                            f'got {type(x).__name__}; e.g. '
+                            f'torch.from_numpy(x) for a numpy array.')
+        if x.dim() != 4:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x)
             raise ValueError(f'OverLoCK expects a 4-D (N, C, H, W) tensor, got '
                              f'{shape}; add a batch axis with x[None] for a '
@@ -312,6 +328,20 @@ class OverLoCK(nn.Module):
                 f'OverLoCK was built for {self.in_channels} input channels but '
                 f'got {x.shape[1]} (input shape {tuple(x.shape)}); pass images '
                 f'as (N, C, H, W) or set in_channels.')
+        if not x.is_floating_point():
+            raise TypeError(f'OverLoCK expects floating-point images, got '
+                            f'{x.dtype}; convert and normalise them first, '
+                            f'e.g. x.float() / 255.')
+        if x.shape[0] == 0:
+            raise ValueError(f'OverLoCK got an empty batch {tuple(x.shape)}')
+        weight = self.patch_embed1[0].weight
+        if x.dtype != weight.dtype and not \
+                torch.is_autocast_enabled(x.device.type):
+            raise TypeError(
+                f'OverLoCK got a {x.dtype} input but its weights are '
+                f'{weight.dtype}: convert one to the other (x.to('
+                f'{weight.dtype}) or model.to({x.dtype})), or run under '
+                f'torch.autocast.')
 
     def forward_features(self, x: torch.Tensor,
                          out_indices: Sequence[int] = (0, 1, 2, 3)

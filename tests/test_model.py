@@ -85,6 +85,18 @@ def test_bad_inputs():
         model(torch.zeros(3, 64, 64))
     with pytest.raises(ValueError, match='built for 3 input channels but got 1'):
         model(torch.zeros(1, 1, 64, 64))
+    with pytest.raises(TypeError, match=r'torch.from_numpy\(x\)'):
+        model(torch.zeros(1, 3, 64, 64).numpy())
+    with pytest.raises(TypeError, match=r'floating-point images, got '
+                       r'torch.uint8; .* x.float\(\) / 255'):
+        model(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
+    with pytest.raises(ValueError, match='empty batch'):
+        model(torch.zeros(0, 3, 64, 64))
+    with pytest.raises(TypeError, match=r'torch.float64 input but its weights '
+                       r'are torch.float32: .*model.to\(torch.float64\)'):
+        model(torch.zeros(1, 3, 64, 64, dtype=torch.float64))
+    with torch.autocast('cpu', dtype=torch.bfloat16):  # autocast casts
+        model.eval()(torch.zeros(1, 3, 64, 64, dtype=torch.bfloat16))
 
 
 @pytest.mark.parametrize('kw,match', [
@@ -92,6 +104,10 @@ def test_bad_inputs():
     (dict(out_indices=()), 'out_indices'),
     (dict(frozen_stages=5), 'frozen_stages'),
     (dict(frozen_stages=-2), 'frozen_stages'),
+    (dict(num_classes=-5), 'num_classes must be an int >= 0'),
+    (dict(in_channels=3.0), 'in_channels must be an int >= 1'),
+    (dict(drop_path_rate=2.0), r'drop_path_rate must be in \[0, 1\)'),
+    (dict(num_classes=10, out_indices=(0, 1)), 'a classifier returns logits'),
 ])
 def test_bad_arguments(kw, match):
     with pytest.raises(ValueError, match=match):
