@@ -106,3 +106,44 @@ def test_collect_env_reports_a_wrong_kernel(monkeypatch, capsys):
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit, match='no CUDA device'):
             tool.main(['--device', 'cuda'])
+
+
+def _tool(*parts):
+    import importlib.util
+    path = os.path.join(ROOT, 'tools', *parts)
+    spec = importlib.util.spec_from_file_location(parts[-1][:-3], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_converters_refuse_bad_arguments_before_writing(tmp_path):
+    """The checkpoint converters name the problem, and write nothing: the
+    input as output, an output folder that does not exist, a file that is
+    no checkpoint, a backbone alone given to mm2x_to_mm3x, a negative
+    tolerance."""
+    from conftest import TINY_ARCH
+
+    from overlock import OverLoCK
+    mm2x = _tool('model_converters', 'mm2x_to_mm3x.py')
+    reparam = _tool('model_converters', 'reparameterize.py')
+    backbone = tmp_path / 'backbone.pth'
+    torch.save({'state_dict': OverLoCK(TINY_ARCH).state_dict()}, backbone)
+    text = tmp_path / 'notes.txt'
+    text.write_text('hello\n')
+    out = tmp_path / 'out.pth'
+    cases = [
+        (mm2x, [str(backbone), str(backbone)], 'OUT must differ from IN'),
+        (mm2x, [str(backbone), str(tmp_path / 'no' / 'out.pth')],
+         'no folder .*no for OUT'),
+        (mm2x, [str(text), str(out)], 'not a file written by torch.save'),
+        (mm2x, [str(backbone), str(out)], 'has no backbone.. tensors'),
+        (reparam, [str(backbone), str(tmp_path / 'no' / 'out.pth')],
+         'no folder'),
+        (reparam, [str(backbone), str(out), '--tol', '-1'],
+         '--tol must be positive'),
+    ]
+    for tool, argv, match in cases:
+        with pytest.raises(SystemExit, match=match):
+            tool.main(argv)
+        assert not out.exists()

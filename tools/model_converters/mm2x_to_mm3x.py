@@ -21,11 +21,11 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 import torch  # noqa: E402
 
-from overlock.checkpoint import safe_load  # noqa: E402
+from overlock.checkpoint import CheckpointError, safe_load  # noqa: E402
 
 
 def convert(ckpt: dict) -> dict:
-    if 'state_dict' not in ckpt:
+    if not isinstance(ckpt, dict) or 'state_dict' not in ckpt:
         raise ValueError("expected an mmdet/mmseg checkpoint with a "
                          "'state_dict' entry")
     sd = {k[len('module.'):] if k.startswith('module.') else k: v
@@ -51,7 +51,21 @@ def main(argv=None):
     p.add_argument('src')
     p.add_argument('dst')
     args = p.parse_args(argv)
-    out = convert(safe_load(args.src))
+    if osp.abspath(args.src) == osp.abspath(args.dst):
+        raise SystemExit('error: OUT must differ from IN (the original is '
+                         'kept).')
+    folder = osp.dirname(osp.abspath(args.dst))
+    if not osp.isdir(folder):
+        raise SystemExit(f'error: no folder {folder} for OUT; create it '
+                         f'first.')
+    try:
+        out = convert(safe_load(args.src))
+    except (CheckpointError, ValueError) as e:
+        raise SystemExit(f'error: {e}') from None
+    if not any(k.startswith('backbone.') for k in out['state_dict']):
+        raise SystemExit(f'error: {args.src} has no backbone.* tensors: not '
+                         f'a detector or segmentor checkpoint (a backbone '
+                         f'alone loads as it is, with no conversion).')
     torch.save(out, args.dst)
     safe_load(args.dst)
     print(f'wrote {args.dst}: {len(out["state_dict"])} tensors, meta '

@@ -58,6 +58,12 @@ def main(argv=None):
     args = p.parse_args(argv)
     if osp.abspath(args.src) == osp.abspath(args.dst):
         raise SystemExit('OUT must differ from IN (the original is kept).')
+    folder = osp.dirname(osp.abspath(args.dst))
+    if not osp.isdir(folder):
+        raise SystemExit(f'error: no folder {folder} for OUT; create it '
+                         f'first.')
+    if args.tol <= 0:
+        raise SystemExit(f'error: --tol must be positive, got {args.tol:g}')
     # checkpoints written by tools/train.py carry mmengine's message hub
     from overlock_mm.runtime import mmengine_checkpoints
     try:
