@@ -147,3 +147,14 @@ def test_converters_refuse_bad_arguments_before_writing(tmp_path):
         with pytest.raises(SystemExit, match=match):
             tool.main(argv)
         assert not out.exists()
+
+
+def test_train_and_test_tools_name_a_missing_config(tmp_path):
+    train = _tool('train.py')
+    test = _tool('test.py')
+    missing = str(tmp_path / 'no_such_config.py')
+    with pytest.raises(FileNotFoundError, match='config not found: .*'
+                       'no_such_config.py'):
+        train.load_config(train.parse_args([missing]))
+    with pytest.raises(FileNotFoundError, match='config not found'):
+        test.main([missing, str(tmp_path / 'ckpt.pth')])

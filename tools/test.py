@@ -87,6 +87,8 @@ def _visualize(cfg, args, scope):
 
 def main(argv=None):
     args = parse_args(argv)
+    if '::' not in args.config and not osp.isfile(args.config):
+        raise FileNotFoundError(f'config not found: {args.config}')
     cfg = Config.fromfile(args.config)
     scope = cfg.get('default_scope', 'mmdet')
     cfg.launcher = args.launcher

@@ -62,6 +62,8 @@ def parse_args(argv=None):
 def load_config(args) -> Config:
     """The config as the arguments make it (before the runtime's
     device-dependent changes, :func:`prepare_runtime`)."""
+    if '::' not in args.config and not osp.isfile(args.config):
+        raise FileNotFoundError(f'config not found: {args.config}')
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
