@@ -93,6 +93,22 @@ def check_arch(cfg: dict) -> None:
         if not isinstance(value, (list, tuple)) or len(value) != n:
             raise ValueError(f'arch field {name!r} must be a list of {n} '
                              f'values, got {value!r}')
+    ints = ('depths', 'embed_dims', 'kernel_sizes', 'sub_depths',
+            'sub_num_heads')
+    for name in ints + ('mlp_ratios', 'sub_mlp_ratios'):
+        kinds = (int, ) if name in ints else (int, float)
+        if not all(isinstance(v, kinds) and not isinstance(v, bool) and v > 0
+                   for v in cfg[name]):
+            what = 'ints' if name in ints else 'numbers'
+            raise ValueError(f'arch field {name!r} must be a list of '
+                             f'positive {what}, got {cfg[name]!r}')
+    for name in ('smk_size', ):
+        if not isinstance(cfg[name], int) or isinstance(cfg[name], bool):
+            raise ValueError(f'arch field {name!r} must be an int, got '
+                             f'{cfg[name]!r}')
+    if not isinstance(cfg['res_scale'], bool):
+        raise ValueError(f"arch field 'res_scale' must be True or False, got "
+                         f"{cfg['res_scale']!r}")
     dims, heads = cfg['embed_dims'], cfg['sub_num_heads']
     if any(d <= 0 for d in cfg['depths']) or any(
             d <= 0 for d in cfg['sub_depths']):

@@ -70,6 +70,16 @@ def test_arch_dict_errors():
         OverLoCK(dict(TINY_ARCH, depth=[1, 1, 1, 1]))
     with pytest.raises(TypeError, match='name or a dict'):
         OverLoCK(3)
+    for field, value, match in (
+            ('depths', ['1', 1, 1, 1], 'must be a list of positive ints'),
+            ('embed_dims', [16., 24, 32, 48], 'must be a list of positive '
+             'ints'),
+            ('mlp_ratios', [0, 2, 2, 2], 'must be a list of positive numbers'),
+            ('smk_size', '5', 'must be an int'),
+            ('res_scale', 'no', 'must be True or False')):
+        with pytest.raises(ValueError, match=f"'{field}' {match}"):
+            OverLoCK(dict(TINY_ARCH, **{field: value}))
+    OverLoCK(dict(TINY_ARCH, mlp_ratios=[2.5, 2, 2, 2]))  # ratios: numbers
 
 
 def test_arch_name_and_dict_agree():
