@@ -317,6 +317,18 @@ def load_checkpoint(model: nn.Module,
             hints.append('The checkpoint is not re-parameterised: build the '
                          'model with deploy=False (and call reparameterize() '
                          'after loading if you want the deploy form).')
+        heads = ('head.', 'aux_head.')
+        if bad_missing and all(k.startswith(heads) for k in bad_missing) \
+                and not mismatched:
+            hints.append('It has no classifier (weights of a backbone, e.g. '
+                         'of a detector): build the model with '
+                         'num_classes=0, or load with strict=False to start '
+                         'a fresh classifier.')
+        elif mismatched and all(k.startswith(heads) for k in mismatched) \
+                and not bad_missing:
+            hints.append('Its classifier has another number of classes: '
+                         'load with strict=False to keep the rest and start '
+                         'a fresh classifier.')
         parts = [f'Checkpoint {source} does not fit the model.'] + hints
         if bad_missing:
             parts.append(f'Missing {len(bad_missing)} keys: '

@@ -397,6 +397,18 @@ class OverLoCK(nn.Module):
         training mode with ``use_ds`` a tuple ``(logits, aux_logits)``.
         """
         self._check_input(x)
+        try:
+            return self._forward(x)
+        except ValueError as e:
+            if 'more than 1 value per channel' not in str(e):
+                raise
+            raise ValueError(
+                f'OverLoCK: a BatchNorm in training mode got one value per '
+                f'channel: input {tuple(x.shape)} gives a 1x1 map at stride '
+                f'32 for a batch of 1. Train with a batch of 2 or more, or '
+                f'inputs larger than 32 pixels per side.') from e
+
+    def _forward(self, x: torch.Tensor):
         fmt = None
         if fused.enabled(self, x) and fused.native_cpu(x):
             x, fmt = fused.to_channels_last(x)

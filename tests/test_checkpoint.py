@@ -197,6 +197,23 @@ def test_files_that_are_not_checkpoints_and_paths(tmp_path):
     assert load_checkpoint(model, ours)['loaded'] == len(model.state_dict())
 
 
+def test_classifier_mismatches_are_explained():
+    """A backbone's weights into a classifier, a classifier of another
+    number of classes: the error says why and how (strict=False starts a
+    fresh classifier, which then loads)."""
+    from conftest import TINY_ARCH
+    backbone = OverLoCK(TINY_ARCH).state_dict()
+    ten = OverLoCK(TINY_ARCH, num_classes=10)
+    with pytest.raises(CheckpointError, match='It has no classifier'):
+        load_checkpoint(ten, backbone)
+    thousand = OverLoCK(TINY_ARCH, num_classes=1000).state_dict()
+    with pytest.raises(CheckpointError, match='another number of classes'):
+        load_checkpoint(ten, thousand)
+    report = load_checkpoint(ten, thousand, strict=False)
+    assert report['mismatched'] and all(
+        k.startswith(('head.', 'aux_head.')) for k in report['mismatched'])
+
+
 def test_prefix_selects_and_a_wrong_prefix_is_named(tmp_path):
     from conftest import TINY_ARCH, randomize_
     src = randomize_(OverLoCK(TINY_ARCH))

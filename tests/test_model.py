@@ -107,6 +107,8 @@ def test_bad_inputs():
         model(torch.zeros(1, 3, 64, 64, dtype=torch.float64))
     with torch.autocast('cpu', dtype=torch.bfloat16):  # autocast casts
         model.eval()(torch.zeros(1, 3, 64, 64, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match='Train with a batch of 2 or more'):
+        model.train()(torch.randn(1, 3, 32, 32))
 
 
 @pytest.mark.parametrize('kw,match', [
