@@ -522,10 +522,6 @@ def _check_aggregate_args(attn, value, kernel_size):
             kernel_size % 2 == 0:
         raise ValueError('contmix_aggregate: kernel_size must be a positive '
                          f'odd int (a centred window), got {kernel_size!r}')
-    if not (isinstance(attn, torch.Tensor) and
-            isinstance(value, torch.Tensor)):
-        raise TypeError('contmix_aggregate expects tensors, got '
-                        f'{type(attn).__name__} and {type(value).__name__}')
     if attn.dim() != 5 or value.dim() != 5:
         raise ValueError('contmix_aggregate expects attn (B, G, H, W, K*K) and '
                          f'value (B, G, H, W, C), got {tuple(attn.shape)} and '
